@@ -1,0 +1,195 @@
+"""The gpt-oss transformer, top to bottom, calling `engine.ops` for every numeric building block.
+
+Shape legend: B batch, T new tokens, D hidden size, H query heads, K kv heads, Dh head dim,
+N = B·T tokens, E experts, A experts per token, V vocabulary.
+
+Module attribute names equal the Hugging Face checkpoint keys without their leading "model.", so
+`state_dict()` lines up with `engine.weights.canonical_specs`.
+
+Precision: dense weights are in the compute dtype (bfloat16 or float32); norm scales, biases,
+sinks and the router are float32; the residual stream, attention and SwiGLU run in float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from engine import ops
+from engine.config import ModelConfig, yarn_correction_range
+from engine.kv_cache import KVCache
+
+
+def _buffer(module: nn.Module, name: str, *shape: int, dtype: torch.dtype = torch.float32) -> None:
+    # Built on the meta device; the loader assigns the real (memory-mapped) tensors.
+    module.register_buffer(name, torch.empty(*shape, dtype=dtype, device="meta"))
+
+
+class Linear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, dtype: torch.dtype, bias: bool = True):
+        super().__init__()
+        _buffer(self, "weight", out_features, in_features, dtype=dtype)
+        if bias:
+            _buffer(self, "bias", out_features)
+        else:
+            self.bias = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.linear(x, self.weight, self.bias)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        _buffer(self, "weight", dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.rms_norm(x, self.weight, self.eps)
+
+
+class RotaryEmbedding:
+    """RoPE with YaRN (Peng et al. 2023, arXiv:2309.00071): static frequencies, unrounded ramp,
+    cos/sin scaled by the attention factor c = 0.1·ln(factor) + 1. The table grows on demand."""
+
+    def __init__(self, config: ModelConfig, device: torch.device):
+        d, yarn = config.head_dim, config.rope_scaling
+        freq = config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d)
+        extrapolation, interpolation = 1.0 / freq, 1.0 / (yarn.factor * freq)
+        if yarn.factor > 1:
+            low, high = yarn_correction_range(config)
+            ramp = ((torch.arange(d // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+            keep = 1 - ramp  # share of the original (extrapolated) frequency, as the references do
+            self.inv_freq = interpolation * (1 - keep) + extrapolation * keep
+            self.attention_factor = 0.1 * math.log(yarn.factor) + 1.0
+        else:
+            self.inv_freq, self.attention_factor = extrapolation, 1.0
+        self.inv_freq = self.inv_freq.to(device)
+        self._table = torch.empty(0, d, device=device)
+
+    def cos_sin(self, positions: int) -> torch.Tensor:
+        """[≥positions, Dh] float32: c·cos(p·ω) then c·sin(p·ω) for p = 0, 1, ..."""
+        if self._table.shape[0] < positions:
+            rows = max(positions, 2 * self._table.shape[0], 256)
+            p = torch.arange(rows, dtype=torch.float32, device=self.inv_freq.device)
+            phase = torch.outer(p, self.inv_freq)  # fp32 products p·ω, like the references
+            self._table = torch.cat((phase.cos(), phase.sin()), dim=-1) * self.attention_factor
+        return self._table
+
+
+class AttentionBlock(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int, dtype: torch.dtype):
+        super().__init__()
+        D, Dh = config.hidden_size, config.head_dim
+        self.heads, self.kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, Dh
+        self.window = config.window_of(layer)
+        self.sm_scale = 1.0 / math.sqrt(Dh)
+        self.q_proj = Linear(D, config.q_width, dtype)
+        self.k_proj = Linear(D, config.kv_width, dtype)
+        self.v_proj = Linear(D, config.kv_width, dtype)
+        self.o_proj = Linear(config.q_width, D, dtype)
+        _buffer(self, "sinks", self.heads)
+
+    def forward(self, h: torch.Tensor, positions: torch.Tensor, cache, rope: RotaryEmbedding) -> torch.Tensor:
+        B, T, _ = h.shape
+        q = self.q_proj(h).view(B, T, self.heads, self.head_dim)
+        k = self.k_proj(h).view(B, T, self.kv_heads, self.head_dim)
+        v = self.v_proj(h).view(B, T, self.kv_heads, self.head_dim)
+        ops.rope_(q, k, rope.cos_sin(int(positions[-1]) + 1), positions)
+        # The cache holds the compute dtype; the current token's key goes through it too, so that
+        # prefill and step-by-step decoding see identical numbers.
+        dtype = cache.k.dtype
+        keys, values, key_pos = cache.append(k.transpose(1, 2).to(dtype), v.transpose(1, 2).to(dtype),
+                                             positions)  # [B, K, S, Dh]
+        o = ops.sdpa_sinks(q, keys, values, self.sinks, self.sm_scale, self.window, positions, key_pos)
+        return self.o_proj(o.reshape(B, T, self.heads * self.head_dim))
+
+
+class MLPExperts(nn.Module):
+    """E experts with MXFP4-packed weights (never dequantised wholesale) and float32 biases."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        E, D, I = config.num_local_experts, config.hidden_size, config.intermediate_size
+        self.alpha, self.limit = config.swiglu_alpha, config.swiglu_limit
+        _buffer(self, "gate_up_proj_blocks", E, 2 * I, D // 32, 16, dtype=torch.uint8)
+        _buffer(self, "gate_up_proj_scales", E, 2 * I, D // 32, dtype=torch.uint8)
+        _buffer(self, "gate_up_proj_bias", E, 2 * I)
+        _buffer(self, "down_proj_blocks", E, D, I // 32, 16, dtype=torch.uint8)
+        _buffer(self, "down_proj_scales", E, D, I // 32, dtype=torch.uint8)
+        _buffer(self, "down_proj_bias", E, D)
+
+    def forward(self, x: torch.Tensor, expert_ids: torch.Tensor, expert_weights: torch.Tensor) -> torch.Tensor:
+        return ops.moe_mxfp4(x, expert_ids, expert_weights,
+                             self.gate_up_proj_blocks, self.gate_up_proj_scales, self.gate_up_proj_bias,
+                             self.down_proj_blocks, self.down_proj_scales, self.down_proj_bias,
+                             self.alpha, self.limit)
+
+
+class MoEBlock(nn.Module):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype):
+        super().__init__()
+        self.top_k, self.dtype = config.num_experts_per_tok, dtype
+        self.router = Linear(config.hidden_size, config.num_local_experts, torch.float32)
+        self.experts = MLPExperts(config)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        B, T, D = h.shape
+        x = h.reshape(B * T, D)
+        router_logits = self.router(x)  # [N, E] float32
+        # A stable descending sort breaks ties towards the lowest expert index, as the reference does.
+        top_logits, expert_ids = torch.sort(router_logits, dim=-1, descending=True, stable=True)
+        top_logits, expert_ids = top_logits[:, :self.top_k], expert_ids[:, :self.top_k]  # [N, A]
+        expert_weights = torch.softmax(top_logits, dim=-1)  # over the chosen A only
+        return self.experts(x.to(self.dtype), expert_ids, expert_weights).view(B, T, D)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int, dtype: torch.dtype):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = AttentionBlock(config, layer, dtype)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MoEBlock(config, dtype)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache, rope: RotaryEmbedding) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), positions, cache, rope)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Embedding(nn.Module):
+    def __init__(self, vocab: int, dim: int, dtype: torch.dtype):
+        super().__init__()
+        _buffer(self, "weight", vocab, dim, dtype=dtype)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.weight[ids].float()
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype):
+        super().__init__()
+        self.config, self.dtype = config, dtype
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, dtype)
+        self.layers = nn.ModuleList(TransformerBlock(config, i, dtype) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, dtype, bias=False)
+        self.rope: RotaryEmbedding | None = None  # made by bind_device once weights are in place
+
+    def bind_device(self, device: torch.device) -> None:
+        self.rope = RotaryEmbedding(self.config, device)
+
+    def forward(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Runs ids [B, T] after the cached context; returns final-normed hidden states [B, T, D] float32."""
+        positions = cache.reserve(ids.shape[1])
+        x = self.embed_tokens(ids)
+        for layer, layer_cache in zip(self.layers, cache.layers):
+            x = layer(x, positions, layer_cache, self.rope)
+        cache.advance(ids.shape[1])
+        return self.norm(x)
+
+    def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[..., D] -> logits [..., V] float32."""
+        return self.lm_head(hidden)

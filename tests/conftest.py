@@ -1,0 +1,27 @@
+"""Shared fixtures: random checkpoints in the real gpt-oss format, written once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.synthetic import write_model
+
+# (preset, seed): three shapes, three seeds; every test sequence is longer than their windows (8, 7, 16).
+CHECKPOINTS = {"tiny": ("tiny", 0), "tiny-odd": ("tiny-odd", 1), "small": ("small", 2)}
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    dirs = {}
+    for name, (preset, seed) in CHECKPOINTS.items():
+        write_model(root / name, preset=preset, seed=seed)
+        dirs[name] = root / name
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(model_dirs) -> Path:
+    return model_dirs["tiny"]
