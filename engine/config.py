@@ -64,6 +64,7 @@ class ModelConfig:
     swiglu_alpha: float = 1.702
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "layer_types", tuple(self.layer_types))  # lists from JSON compare unequal
         for name in ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
                      "num_key_value_heads", "head_dim", "num_local_experts", "num_experts_per_tok",
                      "vocab_size", "max_position_embeddings", "sliding_window"):
@@ -289,7 +290,7 @@ class ModelConfig:
 
     def to_original_dict(self) -> dict[str, Any]:
         """The OpenAI `original/config.json` content (which can only express alternating layers)."""
-        if self.layer_types != tuple(alternating_layer_types(self.num_hidden_layers)):
+        if self.layer_types != alternating_layer_types(self.num_hidden_layers):
             raise ConfigError("the original config format can only express alternating layer_types")
         yarn = self.rope_scaling
         return {
@@ -319,9 +320,9 @@ def yarn_correction_range(config: ModelConfig) -> tuple[float, float]:
     return low, high
 
 
-def alternating_layer_types(num_layers: int) -> list[str]:
+def alternating_layer_types(num_layers: int) -> tuple[str, ...]:
     # gpt-oss: even layers use the sliding window, odd layers attend to the full context.
-    return [SLIDING if i % 2 == 0 else FULL for i in range(num_layers)]
+    return tuple(SLIDING if i % 2 == 0 else FULL for i in range(num_layers))
 
 
 def _rope_section(scaling: Any, parameters: Any) -> dict[str, Any]:

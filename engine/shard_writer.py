@@ -76,7 +76,7 @@ class ShardedWriter:
                              f"{tensor.dtype} {list(tensor.shape)}")
         if shard != self._open_shard:
             self._start_shard(shard)
-        self._open.write(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        self._open.write(memoryview(tensor.detach().cpu().contiguous().view(torch.uint8).numpy()))
         self._next += 1
         if self._next == len(self._queue) or self._queue[self._next][0] != shard:
             self._open.close()

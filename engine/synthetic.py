@@ -36,7 +36,7 @@ def _preset(layers: int, hidden: int, heads: int, kv_heads: int, head_dim: int, 
         num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
         num_local_experts=experts, num_experts_per_tok=k, vocab_size=VOCAB_SIZE, rms_norm_eps=1e-5,
         rope_theta=150000.0, rope_scaling=_YARN, max_position_embeddings=131072, sliding_window=window,
-        layer_types=tuple(alternating_layer_types(layers)), swiglu_limit=7.0)
+        layer_types=alternating_layer_types(layers), swiglu_limit=7.0)
 
 
 PRESETS: dict[str, ModelConfig] = {
@@ -70,7 +70,7 @@ def preset_config(preset: str, layers: int | None = None) -> ModelConfig:
     if layers is not None:
         if layers <= 0:
             raise ValueError(f"layers must be positive, got {layers}")
-        config = replace(config, num_hidden_layers=layers, layer_types=tuple(alternating_layer_types(layers)))
+        config = replace(config, num_hidden_layers=layers, layer_types=alternating_layer_types(layers))
     return config
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -22,6 +23,25 @@ def _make_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from engine import CheckpointError, ConfigError
+    from engine.benchmark import run_benchmark
+
+    try:
+        result = run_benchmark(args.model, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
+                               threads=args.threads, dtype=args.dtype, device=args.device)
+    except (CheckpointError, ConfigError) as e:
+        logging.getLogger("gptoss_mcp").error("model failed to load: %s", e)
+        return EXIT_MODEL_FAILED
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        width = max(map(len, result))
+        for key, value in result.items():
+            print(f"{key:<{width}}  {value}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from engine.synthetic import PRESETS
 
@@ -36,6 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--no-original", action="store_true", help="skip the original/ layout copy")
     make.set_defaults(run=_make_model)
+
+    bench = commands.add_parser("bench", help="measure load time, memory, prompt and decode speed")
+    bench.add_argument("--model", required=True, help="model directory (HF layout or its original/)")
+    bench.add_argument("--prompt-tokens", type=_positive_int, default=128)
+    bench.add_argument("--gen-tokens", type=_positive_int, default=32)
+    bench.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: all cores)")
+    bench.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    bench.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.set_defaults(run=_bench)
     return parser
 
 

@@ -1,0 +1,82 @@
+"""The `gptoss-mcp` command line, run as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from engine import Engine
+from engine.synthetic import preset_config
+
+
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gptoss_mcp", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_make_model_writes_a_loadable_checkpoint_in_both_layouts(tmp_path):
+    out = tmp_path / "m"
+    result = run_cli("make-model", str(out), "--preset", "tiny-odd", "--layers", "2", "--seed", "7")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""  # logs go to stderr
+    for name in ("config.json", "generation_config.json", "model.safetensors.index.json", "tokenizer.json",
+                 "tokenizer_config.json", "special_tokens_map.json", "original/config.json",
+                 "original/dtypes.json"):
+        assert (out / name).is_file(), name
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    # The real repositories number shards from 00000 and write "of" the last index.
+    assert shards[0] == f"model-00000-of-{len(shards) - 1:05d}.safetensors"
+    assert Engine.load(out, dtype="float32").config == Engine.load(out / "original", dtype="float32").config
+    assert Engine.load(out).config.num_hidden_layers == 2
+
+
+def test_make_model_is_deterministic_per_seed(tmp_path):
+    for name in ("a", "b"):
+        assert run_cli("make-model", str(tmp_path / name), "--seed", "3", "--no-original").returncode == 0
+    shards = sorted(p.name for p in (tmp_path / "a").glob("*.safetensors"))
+    assert shards and all((tmp_path / "a" / s).read_bytes() == (tmp_path / "b" / s).read_bytes() for s in shards)
+
+
+def test_bad_arguments_exit_2(tmp_path):
+    result = run_cli("make-model", str(tmp_path / "x"), "--preset", "huge")
+    assert result.returncode == 2 and "invalid choice: 'huge'" in result.stderr
+    assert run_cli("make-model", str(tmp_path / "x"), "--layers", "0").returncode == 2
+
+
+def test_bench_on_a_broken_model_exits_3_naming_the_problem(tmp_path):
+    result = run_cli("bench", "--model", str(tmp_path / "nowhere"))
+    assert result.returncode == 3
+    assert "nowhere" in result.stderr and "not found" in result.stderr
+
+
+def test_bench_reports_json(tiny_dir):
+    result = run_cli("bench", "--model", str(tiny_dir), "--prompt-tokens", "9", "--gen-tokens", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["prompt_tokens"] == 9 and report["decode_tokens"] == 3
+    assert report["decode_tokens_per_second"] > 0 and report["prompt_tokens_per_second"] > 0
+    assert report["peak_rss_bytes"] >= report["rss_after_load_bytes"] > 0
+    assert report["ops_backend"] == "reference"
+
+
+@pytest.mark.slow
+def test_loading_a_20b_shaped_checkpoint_maps_without_reading_experts(tmp_path):
+    """A 20b-wide layer: loading reads no weights, so RSS barely moves; experts stay packed."""
+    out = tmp_path / "20b"
+    assert run_cli("make-model", str(out), "--preset", "20b-shape", "--layers", "1", "--no-original").returncode == 0
+    result = run_cli("bench", "--model", str(out), "--prompt-tokens", "4", "--gen-tokens", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    config = preset_config("20b-shape", layers=1)
+    E, D, I = config.num_local_experts, config.hidden_size, config.intermediate_size
+    dequantised_expert_bytes = E * 3 * D * I * 2  # one layer's experts in bf16
+    load_growth = report["rss_after_load_bytes"] - report["rss_before_load_bytes"]
+    assert load_growth < 64 * 2**20, report
+    checkpoint_bytes = sum(p.stat().st_size for p in out.glob("*.safetensors"))
+    # Running touches (maps) at most the file; a dequantised copy of the experts would add ~1.6 GB.
+    run_growth = report["peak_rss_bytes"] - report["rss_before_load_bytes"]
+    assert run_growth < checkpoint_bytes + dequantised_expert_bytes // 4, report
