@@ -3,18 +3,27 @@ one thread owns an Engine (the MCP server gives it a dedicated one)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from engine import ops
+from engine.chat import Generation, GenerationParams
 from engine.checkpoint import CheckpointError, SafetensorsCheckpoint
 from engine.config import ModelConfig
-from engine.kv_cache import KVCache
+from engine.embed import embed_token_lists
+from engine.generate import sample_tokens
+from engine.harmony import ChatMessage, FunctionTool, HarmonyFormat
+from engine.kv_cache import ContextLimitError, KVCache
 from engine.model import Transformer
+from engine.sampling import Sampler
+from engine.tokenizer import Tokenizer
 from engine.weights import canonical_specs, read_weights
 
 logger = logging.getLogger(__name__)
@@ -30,6 +39,7 @@ class EngineOptions:
     dtype: str = "bfloat16"
     max_context: int | None = None  # None: the model's max_position_embeddings
     prefill_chunk: int = 512        # prompt tokens per forward pass; bounds activation memory
+    embed_batch_tokens: int = 4096  # padded tokens per embedding forward pass
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
@@ -38,6 +48,8 @@ class EngineOptions:
             raise ValueError(f"max_context must be positive, got {self.max_context}")
         if self.prefill_chunk <= 0:
             raise ValueError(f"prefill_chunk must be positive, got {self.prefill_chunk}")
+        if self.embed_batch_tokens <= 0:
+            raise ValueError(f"embed_batch_tokens must be positive, got {self.embed_batch_tokens}")
 
 
 class Engine:
@@ -49,7 +61,7 @@ class Engine:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", dtype: str = "bfloat16", *,
-             max_context: int | None = None, prefill_chunk: int = 512) -> Engine:
+             max_context: int | None = None, prefill_chunk: int = 512, embed_batch_tokens: int = 4096) -> Engine:
         """Loads a Hugging Face-layout model directory or its `original/` subdirectory.
 
         Dense weights are memory-mapped (and only copied when the compute dtype or device differs
@@ -60,7 +72,7 @@ class Engine:
             ValueError: bad device or dtype.
         """
         options = EngineOptions(device=device, dtype=dtype, max_context=max_context,
-                                prefill_chunk=prefill_chunk)
+                                prefill_chunk=prefill_chunk, embed_batch_tokens=embed_batch_tokens)
         path = Path(path)
         if not path.is_dir():
             raise CheckpointError(f"{path}: model directory not found")
@@ -107,6 +119,71 @@ class Engine:
             raise ValueError(f"token id {int(bad[0])} is outside the vocabulary [0, {self.config.vocab_size})")
         cache = self.new_cache(max_context=ids.shape[1])
         return self.model.unembed(self.forward(ids, cache))[0]
+
+    @functools.cached_property
+    def tokenizer(self) -> Tokenizer:
+        """o200k_harmony from the model directory's tokenizer.json (its parent's, for original/)."""
+        candidates = [self.path / "tokenizer.json", self.path.parent / "tokenizer.json"]
+        found = next((p for p in candidates if p.is_file()), candidates[0])
+        return Tokenizer(found, self.config.vocab_size)
+
+    @functools.cached_property
+    def harmony(self) -> HarmonyFormat:
+        return HarmonyFormat(self.tokenizer)
+
+    def render(self, messages: Iterable[ChatMessage | Mapping[str, Any]], reasoning_effort: str = "medium",
+               instructions: str | None = None, tools: Iterable[FunctionTool] = (),
+               current_date: str | None = None) -> list[int]:
+        """The harmony prompt ids for the assistant's next turn (ends with `<|start|>assistant`)."""
+        return self.harmony.render(messages, reasoning_effort, instructions, tools, current_date)
+
+    def generate(self, messages: Iterable[ChatMessage | Mapping[str, Any]], params: GenerationParams | None = None,
+                 should_cancel: Callable[[], bool] | None = None) -> Generation:
+        """Streams the assistant's reply as GenerationStep items; `.result` holds the GenerationResult.
+
+        `should_cancel` is polled before every token; when it returns True generation ends with
+        finish_reason "cancelled".
+
+        Raises:
+            ContextLimitError: the prompt leaves no room for a reply (message gives both numbers).
+            ValueError: bad messages or params.
+        """
+        params = params or GenerationParams()
+        prompt = self.render(messages, params.reasoning_effort, params.instructions, params.tools,
+                             params.current_date)
+        if len(prompt) >= self.max_context:
+            raise ContextLimitError(f"the prompt has {len(prompt)} tokens but the context limit is "
+                                    f"{self.max_context} (and the reply needs at least one more)")
+        max_new = min(params.max_tokens, self.max_context - len(prompt))
+        cache = self.new_cache()
+
+        @torch.inference_mode()
+        def step(ids: torch.Tensor) -> torch.Tensor:
+            return self.model.unembed(self.forward(ids, cache)[0, -1])
+
+        tokens = sample_tokens(step, prompt, Sampler(params.temperature, params.top_p, params.seed), max_new)
+        return Generation(tokens, self.harmony.parser(), params, len(prompt), max_new, should_cancel)
+
+    def embed(self, texts: list[str], normalize: bool = True) -> torch.Tensor:
+        """float32 [len(texts), hidden_size]: mean of final-normed hidden states over each text's tokens.
+
+        Raises:
+            ValueError: no texts, an empty text, or a text longer than the context limit (names which).
+        """
+        if isinstance(texts, str) or not texts:
+            raise ValueError("embed() needs a non-empty list of texts")
+        token_lists = self.tokenizer.encode_batch(list(texts))
+        for i, (text, ids) in enumerate(zip(texts, token_lists)):
+            if not text or not ids:
+                raise ValueError(f"texts[{i}] is empty")
+            if len(ids) > self.max_context:
+                raise ValueError(f"texts[{i}] has {len(ids)} tokens but the limit is {self.max_context}")
+
+        @torch.inference_mode()
+        def forward(ids: torch.Tensor) -> torch.Tensor:
+            return self.forward(ids, self.new_cache(batch=ids.shape[0], max_context=ids.shape[1]))
+
+        return embed_token_lists(forward, token_lists, normalize, self.options.embed_batch_tokens)
 
 
 def _resolve_device(device: str) -> torch.device:

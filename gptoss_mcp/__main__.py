@@ -42,6 +42,31 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> int:
+    from engine import CheckpointError, ConfigError, ContextLimitError, Engine, GenerationParams, TokenizerError
+
+    log = logging.getLogger("gptoss_mcp")
+    try:
+        engine = Engine.load(args.model, device=args.device, dtype=args.dtype)
+        params = GenerationParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                                  seed=args.seed, reasoning_effort=args.reasoning_effort,
+                                  instructions=args.instructions)
+        generation = engine.generate([{"role": "user", "content": args.prompt}], params)
+    except (CheckpointError, ConfigError, TokenizerError) as e:
+        log.error("model failed to load: %s", e)
+        return EXIT_MODEL_FAILED
+    except (ContextLimitError, ValueError) as e:
+        log.error("%s", e)
+        return EXIT_BAD_ARGUMENTS
+    result = generation.run()
+    if args.show_reasoning:
+        print(f"[reasoning]\n{result.reasoning}\n[answer]")
+    print(result.text)
+    log.info("finish_reason=%s prompt_tokens=%d completion_tokens=%d", result.finish_reason,
+             result.usage.prompt_tokens, result.usage.completion_tokens)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from engine.synthetic import PRESETS
 
@@ -66,6 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(run=_bench)
+
+    gen = commands.add_parser("generate", help="answer one prompt with the model (harmony format)")
+    gen.add_argument("--model", required=True, help="model directory (HF layout or its original/)")
+    gen.add_argument("--reasoning-effort", default="medium", choices=["low", "medium", "high"])
+    gen.add_argument("--max-tokens", type=_positive_int, default=1024)
+    gen.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--instructions", default=None, help="developer instructions")
+    gen.add_argument("--show-reasoning", action="store_true", help="print the analysis channel first")
+    gen.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    gen.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    gen.add_argument("prompt")
+    gen.set_defaults(run=_generate)
     return parser
 
 

@@ -1,0 +1,154 @@
+"""Conversation-level generation: messages in, channel-split text out, streamed step by step.
+
+Turns a harmony prompt into tokens with `engine.generate`, follows the completion with the harmony
+parser, and decides when to stop: `<|return|>` or `<|call|>`, `<|end|>` of the final message, a stop
+string in the final text, max_tokens, the context limit, or cancellation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from engine.harmony import END, REASONING_EFFORTS, STOP_TOKENS, CompletionParser, FunctionTool, ToolCall
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Per-call settings. temperature 1.0 / top_p 1.0 are OpenAI's recommendation for gpt-oss;
+    temperature 0 is greedy. Stop strings apply to the final (answer) text."""
+
+    max_tokens: int = 1024
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    reasoning_effort: str = "medium"
+    instructions: str | None = None
+    tools: tuple[FunctionTool, ...] = ()
+    current_date: str | None = None  # YYYY-MM-DD for the system message; None leaves it out
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
+        if not 0 <= self.temperature <= 100:
+            raise ValueError(f"temperature must be between 0 and 100, got {self.temperature!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.reasoning_effort not in REASONING_EFFORTS:
+            raise ValueError(f"reasoning_effort must be one of {REASONING_EFFORTS}, got {self.reasoning_effort!r}")
+        object.__setattr__(self, "stop", tuple(self.stop))
+        object.__setattr__(self, "tools", tuple(self.tools))
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise ValueError(f"stop strings must be non-empty strings, got {list(self.stop)!r}")
+
+
+@dataclass(frozen=True)
+class GenerationStep:
+    token: int
+    text: str               # content text this token adds (never a partial UTF-8 character)
+    channel: str | None     # "analysis", "final", "commentary", or None inside a message header
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str                       # the final channel: the answer
+    reasoning: str                  # the analysis channel
+    tool_calls: list[ToolCall]
+    finish_reason: FinishReason
+    usage: Usage
+    completion_ids: list[int] = field(repr=False, default_factory=list)
+
+
+class Generation:
+    """An iterator of GenerationStep; `result` is set once it is exhausted (or `run()` is called)."""
+
+    def __init__(self, tokens: Iterator[int], parser: CompletionParser, params: GenerationParams,
+                 prompt_tokens: int, max_new_tokens: int, should_cancel: Callable[[], bool] | None = None):
+        self._tokens, self._parser, self._params = tokens, parser, params
+        self._prompt_tokens, self._max_new_tokens = prompt_tokens, max_new_tokens
+        self._should_cancel = should_cancel or (lambda: False)
+        self._steps = self._run()
+        self.result: GenerationResult | None = None
+
+    def __iter__(self) -> Iterator[GenerationStep]:
+        return self._steps
+
+    def __next__(self) -> GenerationStep:
+        return next(self._steps)
+
+    def run(self) -> GenerationResult:
+        for _ in self._steps:
+            pass
+        return self.result
+
+    def _run(self) -> Iterator[GenerationStep]:
+        completion: list[int] = []
+        stops = _StopStrings(self._params.stop)
+        finish: FinishReason = "length"
+        try:
+            while True:
+                if self._should_cancel():
+                    finish = "cancelled"
+                    break
+                token = next(self._tokens, None)
+                if token is None:  # max_tokens or the context limit
+                    break
+                completion.append(token)
+                channel = self._parser.channel  # of the message this token belongs to or ends
+                text = self._parser.push(token)
+                ended = token in STOP_TOKENS or (token == END and channel == "final")
+                if channel == "final":
+                    text, hit = stops.feed(text)
+                    if ended:
+                        text += stops.flush()
+                    ended = ended or hit
+                yield GenerationStep(token, text, channel if channel is not None else self._parser.channel)
+                if ended:
+                    finish = "stop"
+                    break
+        finally:
+            self._tokens.close()  # frees the KV cache
+        parsed = self._parser.result()
+        self.result = GenerationResult(
+            text=stops.cut(parsed.final), reasoning=parsed.analysis, tool_calls=parsed.tool_calls,
+            finish_reason=finish, usage=Usage(self._prompt_tokens, len(completion)), completion_ids=completion)
+
+
+class _StopStrings:
+    """Holds back final text that might be the start of a stop string, so none is ever emitted."""
+
+    def __init__(self, stops: Sequence[str]):
+        self._stops, self._pending = list(stops), ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        self._pending += text
+        hits = [i for s in self._stops if (i := self._pending.find(s)) >= 0]
+        if hits:
+            out, self._pending = self._pending[:min(hits)], ""
+            return out, True
+        hold = max((k for s in self._stops for k in range(1, len(s)) if self._pending.endswith(s[:k])), default=0)
+        out = self._pending[:len(self._pending) - hold]
+        self._pending = self._pending[len(out):]
+        return out, False
+
+    def flush(self) -> str:
+        out, self._pending = self._pending, ""
+        return out
+
+    def cut(self, text: str) -> str:
+        hits = [i for s in self._stops if (i := text.find(s)) >= 0]
+        return text[:min(hits)] if hits else text

@@ -1,0 +1,253 @@
+"""The harmony chat format, through OpenAI's `openai-harmony` library.
+
+Messages plus reasoning effort become prompt token ids; completion token ids become channels
+(`analysis` = reasoning, `final` = the answer, `commentary` = tool calls). The library needs the
+o200k_base ranks as a `.tiktoken` file; they are derived from the model's own `tokenizer.json`
+(SHA-256 checked by `engine.tokenizer`), so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import openai_harmony as oh
+
+from engine import o200k
+from engine.tokenizer import StreamDecoder, Tokenizer
+
+logger = logging.getLogger(__name__)
+
+ReasoningEffort = Literal["low", "medium", "high"]
+REASONING_EFFORTS: tuple[str, ...] = ("low", "medium", "high")
+ROLES = ("system", "developer", "user", "assistant", "tool")
+
+RETURN, CALL, END = 200002, 200012, 200007
+STOP_TOKENS = frozenset({RETURN, CALL})  # the assistant's turn is over; <|end|> only ends one message
+_EFFORTS = {"low": oh.ReasoningEffort.LOW, "medium": oh.ReasoningEffort.MEDIUM, "high": oh.ReasoningEffort.HIGH}
+_FUNCTIONS = "functions."
+# Real headers ("<|channel|>commentary to=functions.name <|constrain|>json") take ~10 tokens; a longer
+# one means the model is writing text without a header, which is then taken as the answer.
+_MAX_HEADER_TOKENS = 48
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    recipient: str        # e.g. "functions.get_weather"
+    arguments: str        # as the model wrote them (usually JSON)
+
+    @property
+    def name(self) -> str:
+        return self.recipient.removeprefix(_FUNCTIONS)
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One conversation message. `reasoning` and `tool_calls` only on assistant messages; `name`
+    on a tool message names the tool that produced it (default: the latest call's tool)."""
+
+    role: str
+    content: str = ""
+    reasoning: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"message role must be one of {ROLES}, got {self.role!r}")
+        if not isinstance(self.content, str):
+            raise ValueError(f"message content must be a string, got {type(self.content).__name__}")
+
+    @classmethod
+    def coerce(cls, message: ChatMessage | Mapping[str, Any]) -> ChatMessage:
+        if isinstance(message, ChatMessage):
+            return message
+        if not isinstance(message, Mapping) or "role" not in message:
+            raise ValueError(f"a message needs a 'role' and 'content', got {message!r}")
+        calls = tuple(call if isinstance(call, ToolCall) else
+                      ToolCall(_FUNCTIONS + call["name"], call.get("arguments", "{}"))
+                      for call in message.get("tool_calls") or ())
+        return cls(message["role"], message.get("content") or "", message.get("reasoning"), calls,
+                   message.get("name"))
+
+
+@dataclass(frozen=True)
+class FunctionTool:
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] | None = None  # JSON Schema of the arguments object
+
+
+@dataclass
+class ParsedCompletion:
+    final: str = ""
+    analysis: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+
+
+class HarmonyFormat:
+    """Renders conversations and parses completions; one per tokenizer vocabulary."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self.encoding = _load_encoding(tokenizer.ranks)
+
+    def render(self, messages: Iterable[ChatMessage | Mapping[str, Any]], reasoning_effort: str = "medium",
+               instructions: str | None = None, tools: Iterable[FunctionTool] = (),
+               current_date: str | None = None) -> list[int]:
+        """The prompt for the assistant's next turn, ending with `<|start|>assistant`.
+
+        System and developer messages become the developer message's instructions (after
+        `instructions`). Reasoning of finished assistant turns is dropped, reasoning of the turn in
+        progress (after the last user message, e.g. around tool calls) is kept, as the format
+        documentation specifies.
+
+        Raises:
+            ValueError: unknown role or reasoning effort, no user/assistant/tool message.
+        """
+        if reasoning_effort not in _EFFORTS:
+            raise ValueError(f"reasoning_effort must be one of {REASONING_EFFORTS}, got {reasoning_effort!r}")
+        chat = [ChatMessage.coerce(m) for m in messages]
+        system = oh.SystemContent.new().with_reasoning_effort(_EFFORTS[reasoning_effort])
+        if current_date:
+            system = system.with_conversation_start_date(current_date)
+        rendered = [oh.Message.from_role_and_content(oh.Role.SYSTEM, system)]
+        notes = [instructions] if instructions else []
+        notes += [m.content for m in chat if m.role in ("system", "developer") and m.content]
+        tools = list(tools)
+        if notes or tools:
+            developer = oh.DeveloperContent.new()
+            if notes:
+                developer = developer.with_instructions("\n\n".join(notes))
+            if tools:
+                developer = developer.with_function_tools(
+                    [oh.ToolDescription.new(t.name, t.description, parameters=t.parameters) for t in tools])
+            rendered.append(oh.Message.from_role_and_content(oh.Role.DEVELOPER, developer))
+        turn_start = max((i for i, m in enumerate(chat) if m.role == "user"), default=0)
+        last_tool = None
+        conversation = [m for m in chat if m.role not in ("system", "developer")]
+        if not conversation:
+            raise ValueError("the conversation needs at least one user, assistant or tool message")
+        for i, m in enumerate(chat):
+            if m.role == "user":
+                rendered.append(oh.Message.from_role_and_content(oh.Role.USER, m.content))
+            elif m.role == "assistant":
+                if m.reasoning and i > turn_start:
+                    rendered.append(_assistant(m.reasoning, "analysis"))
+                if m.tool_calls:
+                    if m.content:  # a preamble the model showed before calling
+                        rendered.append(_assistant(m.content, "commentary"))
+                    for call in m.tool_calls:
+                        rendered.append(_assistant(call.arguments, "commentary").with_recipient(call.recipient)
+                                        .with_content_type("<|constrain|>json"))
+                        last_tool = call.recipient
+                elif m.content:
+                    rendered.append(_assistant(m.content, "final"))
+            elif m.role == "tool":
+                tool = _FUNCTIONS + m.name if m.name else last_tool
+                if tool is None:
+                    raise ValueError(f"tool message {i} has no 'name' and follows no tool call")
+                rendered.append(oh.Message.from_author_and_content(oh.Author.new(oh.Role.TOOL, tool), m.content)
+                                .with_recipient("assistant").with_channel("commentary"))
+        return self.encoding.render_conversation_for_completion(
+            oh.Conversation.from_messages(rendered), oh.Role.ASSISTANT,
+            oh.RenderConversationConfig(auto_drop_analysis=False))
+
+    def parser(self) -> CompletionParser:
+        return CompletionParser(self)
+
+
+class CompletionParser:
+    """Follows completion tokens (after `<|start|>assistant`) message by message. Never raises on a
+    malformed completion: text the format cannot place (no header, an endless or broken header)
+    becomes final text, streamed as it comes."""
+
+    def __init__(self, fmt: HarmonyFormat):
+        self._tokenizer = fmt.tokenizer
+        self._parser = oh.StreamableParser(fmt.encoding, oh.Role.ASSISTANT, strict=False)
+        self._tokens: list[int] = []
+        self._header_tokens = 0
+        self._plain: StreamDecoder | None = None  # set once the completion is taken as plain text
+
+    @property
+    def channel(self) -> str | None:
+        """Channel of the message being written, None while in a header or between messages."""
+        if self._plain is not None:
+            return "final"
+        if self._parser.state != oh.StreamState.CONTENT:
+            return None
+        return self._parser.current_channel
+
+    def push(self, token: int) -> str:
+        """Feeds one token; returns the content text it adds (complete UTF-8 characters only)."""
+        self._tokens.append(token)
+        if self._plain is not None:
+            return self._plain_text([token])
+        try:
+            self._parser.process(token)
+        except oh.HarmonyError as e:
+            logger.warning("unparseable completion, keeping its text as the answer: %s", e)
+            return self._become_plain()
+        state = self._parser.state
+        self._header_tokens = self._header_tokens + 1 if state == oh.StreamState.HEADER else 0
+        if self._header_tokens > _MAX_HEADER_TOKENS and not self._parser.messages:
+            return self._become_plain()
+        if state == oh.StreamState.CONTENT:
+            return self._parser.last_content_delta or ""
+        return ""
+
+    def result(self) -> ParsedCompletion:
+        """Messages so far, including an unfinished last one."""
+        if self._plain is not None:
+            return ParsedCompletion(final=self._tokenizer.decode(self._ordinary(self._tokens)))
+        messages = [(m.channel, m.recipient, "".join(c.text for c in m.content)) for m in self._parser.messages]
+        if self._parser.state == oh.StreamState.CONTENT:
+            messages.append((self._parser.current_channel, self._parser.current_recipient,
+                             self._parser.current_content))
+        elif self._parser.state == oh.StreamState.HEADER and self._header_tokens and not messages:
+            return ParsedCompletion(final=self._tokenizer.decode(self._ordinary(self._tokens)))
+        parsed = ParsedCompletion()
+        for channel, recipient, text in messages:
+            if recipient and recipient != "assistant":
+                parsed.tool_calls.append(ToolCall(recipient, text))
+            elif channel == "analysis":
+                parsed.analysis += text
+            elif channel in ("final", None):  # header-less text is the answer (e.g. bare refusals)
+                parsed.final += text
+        return parsed
+
+    def _become_plain(self) -> str:
+        self._plain = self._tokenizer.stream_decoder()
+        return self._plain_text(self._tokens)
+
+    def _plain_text(self, tokens: list[int]) -> str:
+        return "".join(self._plain.push(t) for t in self._ordinary(tokens))
+
+    def _ordinary(self, tokens: list[int]) -> list[int]:
+        return [t for t in tokens if not self._tokenizer.is_special(t)]
+
+
+def _assistant(text: str, channel: str) -> oh.Message:
+    return oh.Message.from_role_and_content(oh.Role.ASSISTANT, text).with_channel(channel)
+
+
+def _load_encoding(ranks: dict[bytes, int]) -> oh.HarmonyEncoding:
+    # openai-harmony reads o200k_base.tiktoken from TIKTOKEN_ENCODINGS_BASE instead of downloading it.
+    import platformdirs
+
+    directory = Path(os.environ.get("GPTOSS_CACHE_DIR") or platformdirs.user_cache_dir("gptoss-mcp")) / \
+        f"tiktoken-{o200k.O200K_BASE_SHA256[:16]}"
+    target = directory / "o200k_base.tiktoken"
+    if not target.is_file():
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(o200k.tiktoken_text(ranks))
+        os.replace(tmp, target)
+    os.environ["TIKTOKEN_ENCODINGS_BASE"] = str(directory)
+    return oh.load_harmony_encoding(oh.HarmonyEncodingName.HARMONY_GPT_OSS)

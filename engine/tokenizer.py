@@ -1,0 +1,78 @@
+"""The o200k_harmony tokenizer, loaded from the model directory's `tokenizer.json`.
+
+Encoding uses the Hugging Face `tokenizers` library with special-token parsing switched off, so
+text is encoded like tiktoken's `encode_ordinary`: a user typing "<|start|>" gets plain-text tokens,
+never the control token. Decoding goes through a byte table built from the same file, so every id of
+the model's vocabulary decodes (the HF file names only ids below 200 019; the padding ids above are
+rendered as `<|reserved_N|>`, as harmony names them), and streamed text never splits a UTF-8 character.
+"""
+
+from __future__ import annotations
+
+import codecs
+from pathlib import Path
+
+from tokenizers import Tokenizer as HFTokenizer
+
+from engine import o200k
+
+
+class TokenizerError(ValueError):
+    """tokenizer.json is missing, malformed, or not the o200k vocabulary; names the file."""
+
+
+class Tokenizer:
+    def __init__(self, path: str | Path, vocab_size: int):
+        path = Path(path)
+        if not path.is_file():
+            raise TokenizerError(f"{path}: tokenizer file not found")
+        try:
+            self.ranks = o200k.ranks_from_tokenizer_json(path)
+            o200k.check_ranks(self.ranks)
+        except ValueError as e:
+            raise TokenizerError(f"{path}: not the o200k_harmony tokenizer: {e}") from None
+        self._hf = HFTokenizer.from_file(str(path))
+        self._hf.encode_special_tokens = True  # special-token strings in text stay text
+        self.vocab_size = vocab_size
+        self._bytes: list[bytes] = [b""] * vocab_size
+        for token, rank in self.ranks.items():
+            self._bytes[rank] = token
+        for i in range(len(self.ranks), vocab_size):
+            self._bytes[i] = o200k.SPECIAL_TOKENS.get(i, f"<|reserved_{i}|>").encode()
+
+    def encode(self, text: str) -> list[int]:
+        """Ordinary-text token ids; special-token strings are not parsed."""
+        return self._hf.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._hf.encode_batch(texts, add_special_tokens=False)]
+
+    def decode_bytes(self, ids: list[int]) -> bytes:
+        try:
+            return b"".join(self._bytes[i] for i in ids)
+        except IndexError:
+            bad = next(i for i in ids if not 0 <= i < self.vocab_size)
+            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.vocab_size})") from None
+
+    def decode(self, ids: list[int]) -> str:
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def is_special(self, token: int) -> bool:
+        return token >= len(self.ranks)
+
+    def stream_decoder(self) -> StreamDecoder:
+        return StreamDecoder(self)
+
+
+class StreamDecoder:
+    """Turns tokens into text deltas one at a time, holding back incomplete UTF-8 sequences."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self._tokenizer = tokenizer
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token: int) -> str:
+        return self._utf8.decode(self._tokenizer.decode_bytes([token]))
+
+    def flush(self) -> str:
+        return self._utf8.decode(b"", final=True)
