@@ -24,7 +24,7 @@ from engine.kv_cache import ContextLimitError, KVCache
 from engine.model import Transformer
 from engine.sampling import Sampler
 from engine.tokenizer import Tokenizer
-from engine.weights import canonical_specs, read_weights
+from engine.weights import canonical_specs, parameter_count, read_weights
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +96,14 @@ class Engine:
         logger.info("loaded %s (%d layers, %s on %s, ops %s) in %.1f s", path, config.num_hidden_layers,
                     dtype, torch_device, ops.active_backend(), time.perf_counter() - started)
         return cls(path, config, model, options, torch_device)
+
+    @property
+    def parameter_count(self) -> int:
+        return parameter_count(self.config)
+
+    @property
+    def ops_backend(self) -> str:
+        return ops.active_backend()
 
     def new_cache(self, batch: int = 1, max_context: int | None = None) -> KVCache:
         return KVCache(self.config, batch, self.model.dtype, self.device,

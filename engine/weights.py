@@ -180,3 +180,17 @@ def _check_complete(ckpt: SafetensorsCheckpoint, specs: dict[str, TensorSpec]) -
     if problems:
         raise CheckpointError(f"{ckpt.directory}: checkpoint does not match its config:\n  "
                               + "\n  ".join(problems))
+
+
+def parameter_count(config: ModelConfig) -> int:
+    """Model parameters: dense tensors plus two FP4 values per packed byte (scales are encoding)."""
+    total = 0
+    for name, spec in canonical_specs(config).items():
+        numel = 1
+        for dim in spec.shape:
+            numel *= dim
+        if spec.kind == "packed":
+            total += 2 * numel if name.endswith("_blocks") else 0
+        else:
+            total += numel
+    return total

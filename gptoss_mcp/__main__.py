@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 EXIT_BAD_ARGUMENTS = 2
 EXIT_MODEL_FAILED = 3
@@ -67,12 +68,64 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import functools
+
+    from gptoss_mcp.http_security import auth_options, transport_security
+    from gptoss_mcp.loader import load_engine
+    from gptoss_mcp.runtime import EngineRunner
+    from gptoss_mcp.server import build_server
+    from gptoss_mcp.settings import ServerSettings
+
+    log = logging.getLogger("gptoss_mcp")
+    try:
+        settings = ServerSettings(
+            model=args.model or ServerSettings.model_from_env(), transport=args.transport, host=args.host,
+            port=args.port, device=args.device, dtype=args.dtype, threads=args.threads,
+            reasoning_effort=args.reasoning_effort, max_context=args.max_context,
+            max_tokens_limit=args.max_tokens_limit, max_waiting=args.max_waiting,
+            auth_token_file=args.auth_token_file, allow_origins=tuple(args.allow_origin),
+            allow_hosts=tuple(args.allow_host))
+        server_options = auth_options(settings)
+    except ValueError as e:
+        log.error("%s", e)
+        return EXIT_BAD_ARGUMENTS
+    runner = EngineRunner(functools.partial(load_engine, settings), settings.max_waiting)
+    mcp = build_server(settings, runner, **server_options)
+    log.info("serving %s over %s", settings.model, settings.transport)
+    if settings.transport == "stdio":
+        mcp.run()
+    elif settings.transport == "http":
+        mcp.run("streamable-http", host=settings.host, port=settings.port,
+                transport_security=transport_security(settings))
+    else:
+        mcp.run("sse", host=settings.host, port=settings.port, transport_security=transport_security(settings))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from engine.synthetic import PRESETS
 
     parser = argparse.ArgumentParser(prog="gptoss-mcp", description=__doc__)
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the MCP server")
+    serve.add_argument("--model", default=None, help="model directory, or 'demo' (default: $GPTOSS_MODEL, else demo)")
+    serve.add_argument("--transport", default="stdio", choices=["stdio", "http", "sse"])
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=_positive_int, default=8000)
+    serve.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    serve.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
+    serve.add_argument("--threads", type=_positive_int, default=None)
+    serve.add_argument("--reasoning-effort", default="medium", choices=["low", "medium", "high"])
+    serve.add_argument("--max-context", type=_positive_int, default=8192, help="tokens per request, prompt + reply")
+    serve.add_argument("--max-tokens-limit", type=_positive_int, default=4096, help="largest max_tokens allowed")
+    serve.add_argument("--max-waiting", type=int, default=8, help="queued requests before 'busy'")
+    serve.add_argument("--auth-token-file", type=Path, default=None, help="require this bearer token (HTTP)")
+    serve.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN")
+    serve.add_argument("--allow-host", action="append", default=[], metavar="HOST")
+    serve.set_defaults(run=_serve)
 
     make = commands.add_parser("make-model", help="write a random gpt-oss checkpoint in the real format")
     make.add_argument("out", help="output directory")

@@ -1,0 +1,43 @@
+"""What the gptoss://model resource says about the served model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from gptoss_mcp.runtime import EngineRunner
+from gptoss_mcp.settings import ServerSettings
+
+DEMO_NAME = "gpt-oss-demo"
+
+
+def model_name(settings: ServerSettings) -> str:
+    if settings.is_demo:
+        return DEMO_NAME
+    path = Path(settings.model).resolve()
+    return path.parent.name if path.name == "original" else path.name
+
+
+def model_info(settings: ServerSettings, runner: EngineRunner) -> dict[str, Any]:
+    engine = runner.engine
+    info: dict[str, Any] = {
+        "name": model_name(settings),
+        "path": str(engine.path) if engine else (None if settings.is_demo else settings.model),
+        "demo": settings.is_demo,
+        "state": runner.state,
+        "config": None, "parameters": None, "dtype": None, "device": None, "ops_backend": None,
+        "weight_format": "MXFP4 experts (uint8 blocks + E8M0 scales), bfloat16 elsewhere",
+    }
+    if settings.is_demo:
+        info["note"] = ("demo model: random weights in the real gpt-oss format; its text is gibberish by "
+                        "construction. Serve a real checkpoint with --model PATH.")
+    if engine is not None:
+        config = engine.config
+        info.update(
+            config={"layers": config.num_hidden_layers, "experts": config.num_local_experts,
+                    "experts_per_token": config.num_experts_per_tok, "context_length": engine.max_context,
+                    "max_position_embeddings": config.max_position_embeddings, "vocab": config.vocab_size,
+                    "hidden_size": config.hidden_size, "sliding_window": config.sliding_window},
+            parameters=engine.parameter_count, dtype=engine.options.dtype, device=str(engine.device),
+            ops_backend=engine.ops_backend)
+    return info

@@ -1,0 +1,197 @@
+"""The MCP surface: tools generate / embed / set_reasoning_effort, three JSON resources, one prompt.
+
+Thin wiring only: the engine work happens in `EngineRunner` on its own thread, and the tools here
+turn arguments into engine calls and engine outcomes into results or ToolErrors the host's model
+can read and act on.
+"""
+
+
+import json
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+from pydantic import Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from engine import ContextLimitError, GenerationParams
+from gptoss_mcp import __version__
+from gptoss_mcp.model_info import model_info, model_name
+from gptoss_mcp.runtime import Busy, EngineRunner, EngineUnavailable, Progress
+from gptoss_mcp.schemas import (Effort, EmbedResult, EmbedUsage, GenerateResult, Message, ReasoningEffortResult,
+                                Usage)
+from gptoss_mcp.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+INSTRUCTIONS = (
+    "Runs OpenAI's open-weight gpt-oss model locally. Use `generate` to ask it something (it reasons "
+    "first; reasoning_effort low/medium/high trades speed for depth), `embed` for text vectors, and "
+    "`set_reasoning_effort` to change the default effort. gptoss://status tells whether the model is "
+    "loaded.")
+
+
+@dataclass
+class ServerState:
+    """Process-wide mutable settings (shared by every client of this process)."""
+
+    reasoning_effort: str
+
+
+class _ProgressReporter:
+    """Sends notifications/progress with strictly increasing values (tokens so far)."""
+
+    def __init__(self, ctx: Context, total: int | None):
+        self._ctx, self._total, self._last = ctx, total, -1.0
+
+    async def __call__(self, progress: Progress) -> None:
+        if progress.phase == "loading":
+            message = f"loading the model ({progress.load_progress:.0%})"
+        elif progress.phase == "waiting":
+            message = f"waiting for the engine ({progress.ahead} request(s) ahead)"
+        else:
+            message = progress.text
+        value = max(float(progress.tokens), self._last + 0.001)  # keep-alives while nothing new is made
+        self._last = value
+        await self._ctx.report_progress(value, self._total, message)
+
+
+def build_server(settings: ServerSettings, runner: EngineRunner, **server_options: Any) -> MCPServer:
+    """The MCPServer for these settings; `server_options` go to MCPServer (auth hooks)."""
+    state = ServerState(reasoning_effort=settings.reasoning_effort)
+    name = model_name(settings)
+
+    @asynccontextmanager
+    async def lifespan(_server: MCPServer):
+        # The model is already loading on the engine thread: nothing here may wait for it.
+        try:
+            yield state
+        finally:
+            runner.close()
+
+    mcp = MCPServer("gptoss-mcp", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan,
+                    **server_options)
+
+    async def _engine_call(coroutine):
+        try:
+            return await coroutine
+        except (EngineUnavailable, Busy, ContextLimitError, ValueError) as e:
+            raise ToolError(str(e)) from None
+
+    @mcp.tool(
+        description=(
+            "Ask the local gpt-oss model. Give exactly one of `prompt` (a single user message) or "
+            "`messages` (a conversation). The model reasons first (returned only with include_reasoning) "
+            "and then answers in `text`. Higher reasoning_effort is slower but more thorough."),
+        annotations=ToolAnnotations(title="Generate with gpt-oss", readOnlyHint=True, openWorldHint=False))
+    async def generate(
+        ctx: Context,
+        prompt: Annotated[str | None, Field(description="The user's message.")] = None,
+        messages: Annotated[list[Message] | None, Field(
+            description="A conversation, oldest first, instead of `prompt`.")] = None,
+        instructions: Annotated[str | None, Field(description="Developer instructions for the model.")] = None,
+        reasoning_effort: Annotated[Effort | None, Field(
+            description="low, medium or high; defaults to the server's current setting.")] = None,
+        max_tokens: Annotated[int | None, Field(ge=1, description=(
+            f"Most tokens to generate, reasoning included (server limit {settings.max_tokens_limit}, "
+            f"default {settings.default_max_tokens})."))] = None,
+        temperature: Annotated[float, Field(ge=0, le=2, description="0 is greedy; 1.0 is recommended.")] = 1.0,
+        top_p: Annotated[float, Field(gt=0, le=1, description="Nucleus sampling mass.")] = 1.0,
+        seed: Annotated[int | None, Field(description="Same seed, same answer.")] = None,
+        stop: Annotated[list[str] | None, Field(max_length=8, description="Strings that end the answer.")] = None,
+        include_reasoning: Annotated[bool, Field(description="Also return the chain of thought.")] = False,
+    ) -> GenerateResult:
+        if (prompt is None) == (messages is None):
+            raise ToolError("give exactly one of 'prompt' or 'messages'")
+        if max_tokens is not None and max_tokens > settings.max_tokens_limit:
+            raise ToolError(f"max_tokens {max_tokens} exceeds the server limit of {settings.max_tokens_limit}")
+        if stop and any(not s for s in stop):
+            raise ToolError("stop strings must not be empty")
+        effort = reasoning_effort or state.reasoning_effort
+        conversation = [{"role": "user", "content": prompt}] if prompt is not None else \
+            [m.model_dump() for m in messages]
+        params = GenerationParams(max_tokens=max_tokens or settings.default_max_tokens, temperature=temperature,
+                                  top_p=top_p, seed=seed, stop=tuple(stop or ()), reasoning_effort=effort,
+                                  instructions=instructions)
+        result = await _engine_call(runner.generate(conversation, params, _ProgressReporter(ctx, params.max_tokens)))
+        return GenerateResult(
+            text=result.text, reasoning=result.reasoning if include_reasoning else None,
+            finish_reason="stop" if result.finish_reason == "stop" else "length", reasoning_effort=effort,
+            model=name,
+            usage=Usage(prompt_tokens=result.usage.prompt_tokens, completion_tokens=result.usage.completion_tokens,
+                        total_tokens=result.usage.total_tokens))
+
+    @mcp.tool(
+        description=("Embed texts with the local gpt-oss model: the mean of its final hidden states over each "
+                     "text's tokens, L2-normalised unless normalize is false. Returns one vector per text."),
+        annotations=ToolAnnotations(title="Embed with gpt-oss", readOnlyHint=True, openWorldHint=False))
+    async def embed(
+        ctx: Context,
+        texts: Annotated[list[str], Field(min_length=1, description="The texts to embed (each non-empty).")],
+        normalize: Annotated[bool, Field(description="Scale each vector to unit length.")] = True,
+    ) -> EmbedResult:
+        if len(texts) > settings.max_embed_texts:
+            raise ToolError(f"texts has {len(texts)} entries; the server limit is {settings.max_embed_texts}")
+        for i, text in enumerate(texts):
+            if not text:
+                raise ToolError(f"texts[{i}] is empty")
+            if len(text) > settings.max_embed_text_chars:
+                raise ToolError(f"texts[{i}] has {len(text)} characters; the server limit is "
+                                f"{settings.max_embed_text_chars}")
+
+        def work(engine):
+            tokens = sum(len(ids) for ids in engine.tokenizer.encode_batch(texts))
+            return engine.embed(texts, normalize=normalize), tokens
+
+        vectors, tokens = await _engine_call(runner.call(work, _ProgressReporter(ctx, None)))
+        return EmbedResult(embeddings=vectors.tolist(), dimensions=vectors.shape[1],
+                           model=name, usage=EmbedUsage(prompt_tokens=tokens))
+
+    @mcp.tool(
+        description=("Set the default reasoning effort (low, medium or high) that `generate` uses when a call "
+                     "gives none. Affects every client of this server process."),
+        annotations=ToolAnnotations(title="Set reasoning effort", readOnlyHint=False, destructiveHint=False,
+                                    idempotentHint=True, openWorldHint=False))
+    async def set_reasoning_effort(
+        effort: Annotated[Effort, Field(description="low, medium or high.")],
+    ) -> ReasoningEffortResult:
+        previous, state.reasoning_effort = state.reasoning_effort, effort
+        logger.info("reasoning effort: %s -> %s", previous, effort)
+        return ReasoningEffortResult(reasoning_effort=effort, previous=previous)
+
+    @mcp.resource("gptoss://model", name="model", mime_type="application/json",
+                  description="The served model: name, path, config, parameters, dtype, device, ops backend.")
+    def model_resource() -> str:
+        return json.dumps(model_info(settings, runner))
+
+    @mcp.resource("gptoss://settings", name="settings", mime_type="application/json",
+                  description="The server's current settings, including the default reasoning effort.")
+    def settings_resource() -> str:
+        return json.dumps({
+            "reasoning_effort": state.reasoning_effort, "max_context": settings.max_context,
+            "max_tokens_limit": settings.max_tokens_limit, "default_max_tokens": settings.default_max_tokens,
+            "max_embed_texts": settings.max_embed_texts, "max_embed_text_chars": settings.max_embed_text_chars,
+            "max_waiting": settings.max_waiting, "transport": settings.transport,
+        })
+
+    @mcp.resource("gptoss://status", name="status", mime_type="application/json",
+                  description="Whether the model is loading, ready or failed (with the reason), and load statistics.")
+    def status_resource() -> str:
+        return json.dumps(runner.status())
+
+    @mcp.prompt(name="ask", description="Ask gpt-oss a question with a chosen reasoning effort.")
+    def ask(question: str, reasoning_effort: str = "medium") -> str:
+        return (f"Use the `generate` tool with reasoning_effort=\"{reasoning_effort}\" to ask the local "
+                f"gpt-oss model the following, then report its answer:\n\n{question}")
+
+    @mcp.custom_route("/healthz", methods=["GET"])
+    async def healthz(_request: Request) -> JSONResponse:
+        return JSONResponse({"state": runner.state})
+
+    return mcp

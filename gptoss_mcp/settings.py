@@ -1,0 +1,68 @@
+"""ServerSettings: everything `gptoss-mcp serve` is configured with; the one place that reads GPTOSS_* env."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine import REASONING_EFFORTS
+
+TRANSPORTS = ("stdio", "http", "sse")
+LOOPBACK_NAMES = ("localhost",)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    model: str = "demo"                 # a model directory, or "demo" for the built-in random model
+    transport: str = "stdio"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    device: str = "auto"
+    dtype: str = "auto"
+    threads: int | None = None
+    reasoning_effort: str = "medium"    # process-wide default; set_reasoning_effort changes it
+    max_context: int = 8192             # tokens of prompt + reply per request (the KV cache grows to it)
+    max_tokens_limit: int = 4096        # the largest max_tokens a generate call may ask for
+    default_max_tokens: int = 1024
+    max_embed_texts: int = 64
+    max_embed_text_chars: int = 32768
+    max_waiting: int = 8                # requests queued behind the running one before "busy"
+    auth_token_file: Path | None = None
+    allow_origins: tuple[str, ...] = field(default_factory=tuple)
+    allow_hosts: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {TRANSPORTS}, got {self.transport!r}")
+        if self.reasoning_effort not in REASONING_EFFORTS:
+            raise ValueError(f"reasoning_effort must be one of {REASONING_EFFORTS}, got {self.reasoning_effort!r}")
+        for name in ("max_context", "max_tokens_limit", "default_max_tokens", "max_embed_texts",
+                     "max_embed_text_chars", "port"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_waiting < 0:
+            raise ValueError(f"max_waiting must be >= 0, got {self.max_waiting}")
+        if self.default_max_tokens > self.max_tokens_limit:
+            object.__setattr__(self, "default_max_tokens", self.max_tokens_limit)
+        if self.transport != "stdio" and not is_loopback(self.host) and self.auth_token_file is None:
+            raise ValueError(f"refusing to serve on {self.host}, which is not a loopback address, without "
+                             f"authentication: pass --auth-token-file (or bind 127.0.0.1)")
+
+    @property
+    def is_demo(self) -> bool:
+        return self.model == "demo"
+
+    @staticmethod
+    def model_from_env() -> str:
+        return os.environ.get("GPTOSS_MODEL") or "demo"
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
