@@ -61,7 +61,7 @@ def test_every_byte_value(dtype, scale):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("lead, nb", [((), 1), ((7,), 3), ((3, 5), 3), ((2, 1, 3), 5)])
 def test_random_blocks_match_naive_decoder(dtype, lead, nb):
-    g = torch.Generator().manual_seed(hash((lead, nb)) % 2**31)
+    g = torch.Generator().manual_seed(10 * nb + len(lead))
     blocks = torch.randint(0, 256, (*lead, nb, 16), generator=g).to(torch.uint8)
     scales = torch.randint(127 - 40, 127 + 40, (*lead, nb), generator=g).to(torch.uint8)
     want = decode_loop(blocks, scales)
