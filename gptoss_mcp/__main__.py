@@ -84,22 +84,27 @@ def _serve(args: argparse.Namespace) -> int:
             port=args.port, device=args.device, dtype=args.dtype, threads=args.threads,
             reasoning_effort=args.reasoning_effort, max_context=args.max_context,
             max_tokens_limit=args.max_tokens_limit, max_waiting=args.max_waiting,
+            progress_interval=args.progress_interval,
             auth_token_file=args.auth_token_file, allow_origins=tuple(args.allow_origin),
             allow_hosts=tuple(args.allow_host))
         server_options = auth_options(settings)
     except ValueError as e:
         log.error("%s", e)
         return EXIT_BAD_ARGUMENTS
-    runner = EngineRunner(functools.partial(load_engine, settings), settings.max_waiting)
+    runner = EngineRunner(functools.partial(load_engine, settings), settings.max_waiting,
+                          settings.progress_interval)
     mcp = build_server(settings, runner, **server_options)
     log.info("serving %s over %s", settings.model, settings.transport)
-    if settings.transport == "stdio":
-        mcp.run()
-    elif settings.transport == "http":
-        mcp.run("streamable-http", host=settings.host, port=settings.port,
-                transport_security=transport_security(settings))
-    else:
-        mcp.run("sse", host=settings.host, port=settings.port, transport_security=transport_security(settings))
+    try:
+        if settings.transport == "stdio":
+            mcp.run()
+        elif settings.transport == "http":
+            mcp.run("streamable-http", host=settings.host, port=settings.port,
+                    transport_security=transport_security(settings))
+        else:
+            mcp.run("sse", host=settings.host, port=settings.port, transport_security=transport_security(settings))
+    finally:
+        runner.close()
     return 0
 
 
@@ -122,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-context", type=_positive_int, default=8192, help="tokens per request, prompt + reply")
     serve.add_argument("--max-tokens-limit", type=_positive_int, default=4096, help="largest max_tokens allowed")
     serve.add_argument("--max-waiting", type=int, default=8, help="queued requests before 'busy'")
+    serve.add_argument("--progress-interval", type=float, default=1.0,
+                       help="seconds between progress notifications (at most 2)")
     serve.add_argument("--auth-token-file", type=Path, default=None, help="require this bearer token (HTTP)")
     serve.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN")
     serve.add_argument("--allow-host", action="append", default=[], metavar="HOST")

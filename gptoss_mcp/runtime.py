@@ -71,6 +71,7 @@ class EngineRunner:
         self.requests_in_flight = 0
         self.requests_total = 0
         self.tokens_generated_total = 0
+        self._active: set[threading.Event] = set()  # cancel flags of submitted work
         self._recent: collections.deque[tuple[float, int]] = collections.deque(maxlen=256)  # (time, tokens)
         self._load_future = self._executor.submit(self._load, load)
 
@@ -91,6 +92,10 @@ class EngineRunner:
         self.load_progress = max(self.load_progress, min(fraction, 1.0))
 
     def close(self) -> None:
+        """Stops running work at its next token and drops queued work."""
+        with self._lock:
+            for cancelled in self._active:
+                cancelled.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def wait_ready(self, on_progress: ProgressCallback | None = None) -> Engine:
@@ -141,6 +146,8 @@ class EngineRunner:
             self.requests_total += 1
             progress.ahead = self.requests_waiting - 1 + self.requests_in_flight
         cancelled = threading.Event()
+        with self._lock:
+            self._active.add(cancelled)
         future: Future[T] = self._executor.submit(self._run, work, cancelled)
         last = time.monotonic()
         try:
@@ -156,6 +163,9 @@ class EngineRunner:
                 with self._lock:
                     self.requests_waiting -= 1
             raise
+        finally:
+            with self._lock:
+                self._active.discard(cancelled)
 
     def _run(self, work: Callable[[Engine, threading.Event], T], cancelled: threading.Event) -> T:
         with self._lock:

@@ -8,7 +8,6 @@ can read and act on.
 
 import json
 import logging
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -67,16 +66,10 @@ def build_server(settings: ServerSettings, runner: EngineRunner, **server_option
     state = ServerState(reasoning_effort=settings.reasoning_effort)
     name = model_name(settings)
 
-    @asynccontextmanager
-    async def lifespan(_server: MCPServer):
-        # The model is already loading on the engine thread: nothing here may wait for it.
-        try:
-            yield state
-        finally:
-            runner.close()
-
-    mcp = MCPServer("gptoss-mcp", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan,
-                    **server_options)
+    # No lifespan: the model is already loading on the engine thread (nothing may wait for it before
+    # the first reply), and the SSE transport would run a lifespan per connection. The caller owns
+    # the runner and closes it when the server stops.
+    mcp = MCPServer("gptoss-mcp", version=__version__, instructions=INSTRUCTIONS, **server_options)
 
     async def _engine_call(coroutine):
         try:

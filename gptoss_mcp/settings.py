@@ -29,6 +29,7 @@ class ServerSettings:
     max_embed_texts: int = 64
     max_embed_text_chars: int = 32768
     max_waiting: int = 8                # requests queued behind the running one before "busy"
+    progress_interval: float = 1.0      # seconds between progress notifications of a running call
     auth_token_file: Path | None = None
     allow_origins: tuple[str, ...] = field(default_factory=tuple)
     allow_hosts: tuple[str, ...] = field(default_factory=tuple)
@@ -42,6 +43,8 @@ class ServerSettings:
                      "max_embed_text_chars", "port"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 < self.progress_interval <= 2:
+            raise ValueError(f"progress_interval must be in (0, 2] seconds, got {self.progress_interval}")
         if self.max_waiting < 0:
             raise ValueError(f"max_waiting must be >= 0, got {self.max_waiting}")
         if self.default_max_tokens > self.max_tokens_limit:

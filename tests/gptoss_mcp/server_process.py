@@ -1,0 +1,73 @@
+"""Starting `gptoss-mcp serve` as a real subprocess and connecting real SDK clients to it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx2
+from mcp import Client, StdioServerParameters
+from mcp.client.sse import sse_client
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_args(model: Path | str, *extra: str) -> list[str]:
+    return ["-m", "gptoss_mcp", "serve", "--model", str(model), "--progress-interval", "0.2", *extra]
+
+
+def server_env(cache_dir: Path) -> dict[str, str]:
+    return {"GPTOSS_CACHE_DIR": str(cache_dir), "PYTHONUNBUFFERED": "1"}
+
+
+def stdio_params(model: Path | str, cache_dir: Path, *extra: str) -> StdioServerParameters:
+    return StdioServerParameters(command=sys.executable, args=serve_args(model, *extra), env=server_env(cache_dir))
+
+
+@contextlib.contextmanager
+def http_server(model: Path | str, cache_dir: Path, transport: str = "http", *extra: str, wait: bool = True):
+    """Runs the server on a free loopback port; yields (process, base URL)."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, *serve_args(model, "--transport", transport, "--port", str(port), *extra)],
+        env={**os.environ, **server_env(cache_dir)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        if wait:
+            deadline = time.monotonic() + 60
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"server exited with {process.returncode}: {process.stderr.read().decode()}")
+                try:
+                    if httpx2.get(base + "/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx2.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError("server did not start")
+                time.sleep(0.2)
+        yield process, base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def client_for(transport: str, target, mode: str) -> Client:
+    """target: StdioServerParameters for stdio, the base URL for http/sse."""
+    if transport == "stdio":
+        return Client(target, mode=mode)
+    if transport == "http":
+        return Client(target + "/mcp", mode=mode)
+    return Client(sse_client(target + "/sse"), mode=mode)
