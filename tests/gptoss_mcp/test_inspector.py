@@ -1,0 +1,51 @@
+"""The MCP Inspector CLI (npm) as an independent client, over stdio and Streamable HTTP."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.gptoss_mcp.server_process import http_server
+
+INSPECTOR = ["npx", "-y", "@modelcontextprotocol/inspector@2.12.0", "--cli"]
+pytestmark = pytest.mark.skipif(shutil.which("npx") is None, reason="npx (Node.js) is not installed")
+
+
+def _inspect(target: list[str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*INSPECTOR, *target, *args], capture_output=True, text=True, timeout=300)
+
+
+def _stdio(model, cache_dir) -> list[str]:
+    return [sys.executable, "-m", "gptoss_mcp", "serve", "--model", str(model), "-e", f"GPTOSS_CACHE_DIR={cache_dir}"]
+
+
+def test_inspector_over_stdio(tiny_dir, cache_dir):
+    server = _stdio(tiny_dir, cache_dir)
+    strict = _inspect(server, "--method", "tools/list", "--strict")
+    assert strict.returncode == 0, strict.stderr  # 6 would mean a schema hosts cannot use
+    assert {t["name"] for t in json.loads(strict.stdout)["tools"]} == {"generate", "embed", "set_reasoning_effort"}
+
+    call = _inspect(server, "--method", "tools/call", "--tool-name", "generate", "--tool-args-json",
+                    '{"prompt": "hi", "max_tokens": 3}', "--format", "json", "-q")
+    assert call.returncode == 0, call.stderr
+    result = json.loads(call.stdout)["result"]
+    assert result["isError"] is False and result["structuredContent"]["usage"]["completion_tokens"] == 3
+
+    read = _inspect(server, "--method", "resources/read", "--uri", "gptoss://settings", "--format", "json", "-q")
+    assert read.returncode == 0, read.stderr
+    assert json.loads(json.loads(read.stdout)["result"]["contents"][0]["text"])["max_tokens_limit"] == 4096
+
+    bad = _inspect(server, "--method", "tools/call", "--tool-name", "embed", "--tool-args-json", '{"texts": [""]}')
+    assert bad.returncode == 5  # the Inspector's TOOL_ERROR: an isError result
+
+
+def test_inspector_over_http(tiny_dir, cache_dir):
+    with http_server(tiny_dir, cache_dir, "http") as (_, base):
+        call = _inspect([base + "/mcp"], "--method", "tools/call", "--tool-name", "embed", "--tool-args-json",
+                        '{"texts": ["a", "b"]}', "--format", "json", "-q")
+        assert call.returncode == 0, call.stderr
+        assert json.loads(call.stdout)["result"]["structuredContent"]["dimensions"] == 64

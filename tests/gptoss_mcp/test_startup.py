@@ -1,0 +1,90 @@
+"""Start-up: the first reply never waits for the model; a failed load is reported, not fatal;
+stdout carries only JSON-RPC from spawn to exit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import anyio
+from mcp import Client
+
+from tests.gptoss_mcp.server_process import serve_args, server_env, stdio_params
+
+
+async def _status(client) -> dict:
+    return json.loads((await client.read_resource("gptoss://status")).contents[0].text)
+
+
+def test_first_reply_arrives_while_the_demo_model_is_still_being_built(tmp_path):
+    """With an empty cache the demo model (tokenizer and checkpoint) is built first: seconds of work."""
+
+    async def main():
+        async with Client(stdio_params("demo", tmp_path / "fresh-cache"), mode="legacy") as client:
+            status = await _status(client)
+            assert status["state"] == "loading", status
+            progress = []
+            result = await client.call_tool("generate", {"prompt": "hi", "max_tokens": 2},
+                                            progress_callback=lambda v, t, m: _append(progress, m))
+            assert not result.is_error and result.structured_content["model"] == "gpt-oss-demo"
+            assert any(m.startswith("loading the model") for m in progress)
+            model = json.loads((await client.read_resource("gptoss://model")).contents[0].text)
+            assert model["demo"] is True and "gibberish" in model["note"]
+
+    anyio.run(main)
+
+
+async def _append(items, item):
+    items.append(item)
+
+
+def test_a_failed_load_is_reported_by_status_and_tools_and_the_server_keeps_serving(tmp_path, cache_dir):
+    missing = tmp_path / "no-such-model"
+
+    async def main():
+        async with Client(stdio_params(missing, cache_dir)) as client:
+            deadline = time.monotonic() + 30
+            while (status := await _status(client))["state"] == "loading":
+                assert time.monotonic() < deadline
+                await anyio.sleep(0.1)
+            assert status["state"] == "failed" and "no-such-model" in status["error"]
+            result = await client.call_tool("generate", {"prompt": "hi"})
+            assert result.is_error and "failed to load" in result.content[0].text
+            assert "no-such-model" in result.content[0].text
+            assert len((await client.list_tools()).tools) == 3  # still serving
+
+    anyio.run(main)
+
+
+def test_stdout_carries_only_json_rpc_from_spawn_to_exit(tiny_dir, cache_dir):
+    requests = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+            "name": "generate", "arguments": {"prompt": "hi", "max_tokens": 3}, "_meta": {"progressToken": 7}}},
+        {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "embed", "arguments": {"texts": ["x"]}}},
+        {"jsonrpc": "2.0", "id": 4, "method": "resources/read", "params": {"uri": "gptoss://model"}},
+    ]
+    process = subprocess.Popen([sys.executable, *["-m", "gptoss_mcp", "--log-level", "DEBUG", *serve_args(tiny_dir)[2:]]],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={**server_env(cache_dir), "PATH": "/usr/bin:/bin"})
+    lines = []
+    for request in requests:
+        process.stdin.write((json.dumps(request) + "\n").encode())
+        process.stdin.flush()
+        if "id" in request:  # wait for its response before sending more
+            while True:
+                line = process.stdout.readline()
+                assert line, process.stderr.read().decode()
+                lines.append(line)
+                if json.loads(line).get("id") == request["id"]:
+                    break
+    process.stdin.close()
+    lines += process.stdout.readlines()
+    assert process.wait(timeout=30) == 0
+    messages = [json.loads(line) for line in lines]  # every line parses
+    assert all(m.get("jsonrpc") == "2.0" for m in messages)
+    assert {m.get("id") for m in messages} >= {1, 2, 3, 4}
