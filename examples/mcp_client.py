@@ -1,0 +1,58 @@
+"""Use gptoss-mcp from Python with the official MCP SDK, over stdio and over Streamable HTTP.
+
+    python examples/mcp_client.py [MODEL]          # MODEL: a gpt-oss directory, default: demo
+"""
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+
+import anyio
+from mcp import Client, StdioServerParameters
+
+MODEL = sys.argv[1] if len(sys.argv) > 1 else "demo"
+SERVE = [sys.executable, "-m", "gptoss_mcp", "serve", "--model", MODEL]
+
+
+async def use(client: Client) -> None:
+    tools = await client.list_tools()
+    print("tools:", [t.name for t in tools.tools])
+
+    async def show_progress(progress, total, message):
+        print(f"  progress {progress:.0f}/{total}: {message[-60:]!r}")
+
+    result = await client.call_tool("generate", {"prompt": "What is 2 + 2?", "max_tokens": 64,
+                                                  "reasoning_effort": "low", "include_reasoning": True},
+                                    progress_callback=show_progress)
+    print("answer:", result.structured_content["text"])
+    print("reasoning:", result.structured_content["reasoning"])
+    vectors = await client.call_tool("embed", {"texts": ["a cat", "a dog"]})
+    print("embedding dimensions:", vectors.structured_content["dimensions"])
+    status = await client.read_resource("gptoss://status")
+    print("status:", json.loads(status.contents[0].text))
+
+
+async def main() -> None:
+    print("== stdio")
+    async with Client(StdioServerParameters(command=SERVE[0], args=SERVE[1:])) as client:
+        await use(client)
+
+    print("== Streamable HTTP")
+    server = subprocess.Popen([*SERVE, "--transport", "http", "--port", "8766"])
+    try:
+        for _ in range(120):  # wait until it listens
+            try:
+                urllib.request.urlopen("http://127.0.0.1:8766/healthz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        async with Client("http://127.0.0.1:8766/mcp") as client:
+            await use(client)
+    finally:
+        server.terminate()
+        server.wait()
+
+
+anyio.run(main)
