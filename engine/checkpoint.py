@@ -67,9 +67,11 @@ class SafetensorsCheckpoint:
                 raise CheckpointError(f"{self.directory}: no {INDEX_NAME} and no *.safetensors files")
         missing = [f for f in files if not (self.directory / f).is_file()]
         if missing:
+            held = [name for name, file in expected.items() if file == missing[0]]
             raise CheckpointError(
                 f"{index_path}: names shard file(s) that do not exist: "
-                + ", ".join(str(self.directory / f) for f in missing))
+                + ", ".join(str(self.directory / f) for f in missing)
+                + f" ({missing[0]} should hold {len(held)} tensor(s), e.g. {', '.join(held[:3])})")
         self._tensors: dict[str, TensorInfo] = {}
         for file in files:
             for info in _read_header(self.directory / file):

@@ -26,6 +26,9 @@ _HF_IGNORED = frozenset({
 # Keys that must hold one specific value for the forward pass we implement.
 _HF_REQUIRED_VALUES = {"attention_bias": True, "tie_word_embeddings": False}
 _MXFP4_BLOCK = 32
+# Keys a YaRN rope section may have ("type" is the pre-4.45 spelling of "rope_type").
+_ROPE_KEYS = frozenset({"rope_type", "type", "factor", "beta_fast", "beta_slow", "original_max_position_embeddings",
+                        "truncate", "rope_theta", "attention_factor"})
 
 
 class ConfigError(ValueError):
@@ -41,6 +44,13 @@ class YarnScaling:
     beta_slow: float
     original_max_position_embeddings: int
     truncate: bool = False  # True would round the correction range; gpt-oss ships False
+
+    def __post_init__(self) -> None:
+        for name in ("factor", "beta_fast", "beta_slow"):
+            _check_positive_number(getattr(self, name), f"rope_scaling.{name}")
+        _check_positive_int(self.original_max_position_embeddings, "rope_scaling.original_max_position_embeddings")
+        if not isinstance(self.truncate, bool):
+            raise ConfigError(f"config field 'rope_scaling.truncate' must be true or false, got {self.truncate!r}")
 
 
 @dataclass(frozen=True)
@@ -64,17 +74,15 @@ class ModelConfig:
     swiglu_alpha: float = 1.702
 
     def __post_init__(self) -> None:
+        if not isinstance(self.layer_types, (list, tuple)) or not all(isinstance(t, str) for t in self.layer_types):
+            raise ConfigError(f"config field 'layer_types' must be a list of strings, got {self.layer_types!r}")
         object.__setattr__(self, "layer_types", tuple(self.layer_types))  # lists from JSON compare unequal
         for name in ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
                      "num_key_value_heads", "head_dim", "num_local_experts", "num_experts_per_tok",
                      "vocab_size", "max_position_embeddings", "sliding_window"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"config field {name!r} must be a positive integer, got {value!r}")
+            _check_positive_int(getattr(self, name), name)
         for name in ("rms_norm_eps", "rope_theta", "swiglu_limit", "swiglu_alpha"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ConfigError(f"config field {name!r} must be a positive number, got {value!r}")
+            _check_positive_number(getattr(self, name), name)
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(
                 f"config field 'num_attention_heads' ({self.num_attention_heads}) must be a multiple of "
@@ -156,6 +164,9 @@ class ModelConfig:
 
         # transformers 5 folds rope_theta into 'rope_parameters'; older files use 'rope_scaling'.
         rope = _rope_section(fields.take("rope_scaling", None), fields.take("rope_parameters", None))
+        unknown = sorted(set(rope) - _ROPE_KEYS)
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {['rope_scaling.' + k for k in unknown]}")
         rope_type = rope.get("rope_type", rope.get("type"))
         if rope_type != "yarn":
             raise ConfigError(f"config field 'rope_scaling.rope_type' is {rope_type!r}; gpt-oss uses 'yarn'")
@@ -175,6 +186,12 @@ class ModelConfig:
                                                    "rope_scaling."),
             truncate=rope.get("truncate", False),
         )
+        attention_factor = rope.get("attention_factor")
+        if attention_factor is not None and (
+                not isinstance(attention_factor, (int, float)) or
+                abs(attention_factor - (0.1 * math.log(yarn.factor) + 1)) > 1e-9):
+            raise ConfigError(f"config field 'rope_scaling.attention_factor' is {attention_factor!r}; gpt-oss "
+                              f"uses the YaRN default 0.1·ln(factor) + 1")
         legacy_length = fields.take("initial_context_length", None)
         if legacy_length is not None and legacy_length != yarn.original_max_position_embeddings:
             raise ConfigError(
@@ -205,7 +222,7 @@ class ModelConfig:
             rope_scaling=yarn,
             max_position_embeddings=fields.take("max_position_embeddings"),
             sliding_window=fields.take("sliding_window"),
-            layer_types=tuple(layer_types),
+            layer_types=layer_types,
             swiglu_limit=fields.take("swiglu_limit"),
             swiglu_alpha=fields.take("swiglu_alpha", 1.702),
         )
@@ -215,9 +232,10 @@ class ModelConfig:
     @classmethod
     def from_original_dict(cls, raw: dict[str, Any]) -> ModelConfig:
         fields = _Fields(raw)
-        num_layers = fields.take("num_hidden_layers")
-        original_length = fields.take("initial_context_length")
-        factor = fields.take("rope_scaling_factor")
+        # Checked before use: the derived fields below would turn bad values into nonsense.
+        num_layers = _check_positive_int(fields.take("num_hidden_layers"), "num_hidden_layers")
+        original_length = _check_positive_int(fields.take("initial_context_length"), "initial_context_length")
+        factor = _check_positive_number(fields.take("rope_scaling_factor"), "rope_scaling_factor")
         config = cls(
             num_hidden_layers=num_layers,
             hidden_size=fields.take("hidden_size"),
@@ -336,6 +354,18 @@ def _rope_section(scaling: Any, parameters: Any) -> dict[str, Any]:
         if {k: v for k, v in parameters.items() if k != "rope_theta"} != scaling:
             raise ConfigError("config fields 'rope_scaling' and 'rope_parameters' disagree")
     return parameters if parameters is not None else scaling
+
+
+def _check_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"config field {name!r} must be a positive integer, got {value!r}")
+    return value
+
+
+def _check_positive_number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"config field {name!r} must be a positive finite number, got {value!r}")
+    return value
 
 
 def _need(mapping: dict[str, Any], key: str, prefix: str = "") -> Any:

@@ -160,7 +160,7 @@ def _check_complete(ckpt: SafetensorsCheckpoint, specs: dict[str, TensorSpec]) -
     missing = [name for name in specs if name not in ckpt]
     if missing:
         problems.append(f"missing tensor(s): {', '.join(missing)}")
-    unexpected = [name for name in ckpt.names() if name not in specs]
+    unexpected = [f"{name} (in {ckpt.info(name).file.name})" for name in ckpt.names() if name not in specs]
     if unexpected:
         problems.append(f"unexpected tensor(s): {', '.join(unexpected)}")
     for name, spec in specs.items():
