@@ -108,15 +108,15 @@ class Generation:
                 if token is None:  # max_tokens or the context limit
                     break
                 completion.append(token)
-                channel = self._parser.channel  # of the message this token belongs to or ends
                 text = self._parser.push(token)
+                channel = self._parser.delta_channel  # of the message this token belongs to or ends
                 ended = token in STOP_TOKENS or (token == END and channel == "final")
                 if channel == "final":
                     text, hit = stops.feed(text)
                     if ended:
                         text += stops.flush()
                     ended = ended or hit
-                yield GenerationStep(token, text, channel if channel is not None else self._parser.channel)
+                yield GenerationStep(token, text, channel)
                 if ended:
                     finish = "stop"
                     break

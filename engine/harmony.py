@@ -34,6 +34,7 @@ _FUNCTIONS = "functions."
 # Real headers ("<|channel|>commentary to=functions.name <|constrain|>json") take ~10 tokens; a longer
 # one means the model is writing text without a header, which is then taken as the answer.
 _MAX_HEADER_TOKENS = 48
+_HEADER_TOKENS = frozenset({200003, 200005, 200006, 200008})  # <|constrain|> <|channel|> <|start|> <|message|>
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,11 @@ class HarmonyFormat:
                 developer = developer.with_function_tools(
                     [oh.ToolDescription.new(t.name, t.description, parameters=t.parameters) for t in tools])
             rendered.append(oh.Message.from_role_and_content(oh.Role.DEVELOPER, developer))
-        turn_start = max((i for i, m in enumerate(chat) if m.role == "user"), default=0)
+        # Reasoning survives only in the turn in progress: after the last user message and before any
+        # final answer (an assistant message with content and no tool call) that ends the turn.
+        turn_start = max((i for i, m in enumerate(chat) if m.role == "user"), default=-1)
+        last_final = max((i for i, m in enumerate(chat) if m.role == "assistant" and m.content and not m.tool_calls),
+                         default=-1)
         last_tool = None
         conversation = [m for m in chat if m.role not in ("system", "developer")]
         if not conversation:
@@ -137,7 +142,7 @@ class HarmonyFormat:
             if m.role == "user":
                 rendered.append(oh.Message.from_role_and_content(oh.Role.USER, m.content))
             elif m.role == "assistant":
-                if m.reasoning and i > turn_start:
+                if m.reasoning and i > turn_start and i > last_final:
                     rendered.append(_assistant(m.reasoning, "analysis"))
                 if m.tool_calls:
                     if m.content:  # a preamble the model showed before calling
@@ -165,39 +170,60 @@ class HarmonyFormat:
 class CompletionParser:
     """Follows completion tokens (after `<|start|>assistant`) message by message. Never raises on a
     malformed completion: text the format cannot place (no header, an endless or broken header)
-    becomes final text, streamed as it comes."""
+    becomes final text, streamed as it comes; stray tokens after complete messages are ignored."""
 
     def __init__(self, fmt: HarmonyFormat):
         self._tokenizer = fmt.tokenizer
         self._parser = oh.StreamableParser(fmt.encoding, oh.Role.ASSISTANT, strict=False)
         self._tokens: list[int] = []
-        self._header_tokens = 0
-        self._plain: StreamDecoder | None = None  # set once the completion is taken as plain text
+        self._header: list[int] = []                # tokens of the header being read
+        self._plain: StreamDecoder | None = None    # set once the completion is taken as plain text
+        self._trailing = False                      # set once tokens no longer fit after complete messages
+        self.delta_channel: str | None = None       # channel of the text the last push() returned
 
     @property
     def channel(self) -> str | None:
         """Channel of the message being written, None while in a header or between messages."""
         if self._plain is not None:
             return "final"
-        if self._parser.state != oh.StreamState.CONTENT:
+        if self._trailing or self._parser.state != oh.StreamState.CONTENT:
             return None
         return self._parser.current_channel
 
     def push(self, token: int) -> str:
-        """Feeds one token; returns the content text it adds (complete UTF-8 characters only)."""
+        """Feeds one token; returns the content text it adds (complete UTF-8 characters only) and sets
+        `delta_channel` to the channel of the message it belongs to (None for header tokens)."""
         self._tokens.append(token)
+        self.delta_channel = None
         if self._plain is not None:
+            self.delta_channel = "final"
             return self._plain_text([token])
+        if self._trailing:
+            return ""
+        completed = len(self._parser.messages)
+        channel = self.channel
         try:
             self._parser.process(token)
         except oh.HarmonyError as e:
+            if completed:
+                logger.info("ignoring tokens after the last complete message: %s", e)
+                self._trailing = True
+                return ""
             logger.warning("unparseable completion, keeping its text as the answer: %s", e)
             return self._become_plain()
         state = self._parser.state
-        self._header_tokens = self._header_tokens + 1 if state == oh.StreamState.HEADER else 0
-        if self._header_tokens > _MAX_HEADER_TOKENS and not self._parser.messages:
+        self._header = self._header + [token] if state == oh.StreamState.HEADER else []
+        if len(self._header) > _MAX_HEADER_TOKENS and not self._parser.messages:
             return self._become_plain()
+        if len(self._parser.messages) > completed:  # this token closed a message
+            message = self._parser.messages[-1]
+            if message.channel is None and not message.recipient:  # header-less text: the answer
+                self.delta_channel = "final"
+                return "".join(c.text for c in message.content)
+            self.delta_channel = channel
+            return ""
         if state == oh.StreamState.CONTENT:
+            self.delta_channel = self._parser.current_channel
             return self._parser.last_content_delta or ""
         return ""
 
@@ -206,11 +232,12 @@ class CompletionParser:
         if self._plain is not None:
             return ParsedCompletion(final=self._tokenizer.decode(self._ordinary(self._tokens)))
         messages = [(m.channel, m.recipient, "".join(c.text for c in m.content)) for m in self._parser.messages]
-        if self._parser.state == oh.StreamState.CONTENT:
+        if not self._trailing and self._parser.state == oh.StreamState.CONTENT:
             messages.append((self._parser.current_channel, self._parser.current_recipient,
                              self._parser.current_content))
-        elif self._parser.state == oh.StreamState.HEADER and self._header_tokens and not messages:
-            return ParsedCompletion(final=self._tokenizer.decode(self._ordinary(self._tokens)))
+        elif not messages and self._header and not _HEADER_TOKENS & set(self._header):
+            # cut before a header was recognisable: the text so far is header-less, i.e. the answer
+            return ParsedCompletion(final=self._tokenizer.decode(self._ordinary(self._header)))
         parsed = ParsedCompletion()
         for channel, recipient, text in messages:
             if recipient and recipient != "assistant":
@@ -223,6 +250,7 @@ class CompletionParser:
 
     def _become_plain(self) -> str:
         self._plain = self._tokenizer.stream_decoder()
+        self.delta_channel = "final"
         return self._plain_text(self._tokens)
 
     def _plain_text(self, tokens: list[int]) -> str:

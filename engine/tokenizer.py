@@ -17,6 +17,11 @@ from tokenizers import Tokenizer as HFTokenizer
 from engine import o200k
 
 
+# tiktoken's o200k_harmony encode_ordinary of this text: splitting, contractions, digits, specials-as-text.
+_PROBE_TEXT = "Hello world, Straße 12345 <|start|>\n\tdon't 数学"
+_PROBE_IDS = [13225, 2375, 11, 71184, 220, 7633, 2548, 464, 91, 5236, 91, 523, 5971, 263, 1507, 71324, 8590]
+
+
 class TokenizerError(ValueError):
     """tokenizer.json is missing, malformed, or not the o200k vocabulary; names the file."""
 
@@ -31,8 +36,14 @@ class Tokenizer:
             o200k.check_ranks(self.ranks)
         except ValueError as e:
             raise TokenizerError(f"{path}: not the o200k_harmony tokenizer: {e}") from None
+        try:
+            self._hf = HFTokenizer.from_file(str(path))
+        except Exception as e:  # the tokenizers library raises a bare Exception for a malformed file
+            raise TokenizerError(f"{path}: not a loadable tokenizer.json ({e})") from None
         self._hf = HFTokenizer.from_file(str(path))
         self._hf.encode_special_tokens = True  # special-token strings in text stay text
+        if self.encode(_PROBE_TEXT) != _PROBE_IDS:  # the ranks were checked; this checks the pre-tokenizer
+            raise TokenizerError(f"{path}: encodes differently from o200k_harmony (pre-tokenizer or model settings)")
         self.vocab_size = vocab_size
         self._bytes: list[bytes] = [b""] * vocab_size
         for token, rank in self.ranks.items():
@@ -48,11 +59,10 @@ class Tokenizer:
         return [e.ids for e in self._hf.encode_batch(texts, add_special_tokens=False)]
 
     def decode_bytes(self, ids: list[int]) -> bytes:
-        try:
-            return b"".join(self._bytes[i] for i in ids)
-        except IndexError:
-            bad = next(i for i in ids if not 0 <= i < self.vocab_size)
-            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.vocab_size})") from None
+        for i in ids:
+            if not 0 <= i < self.vocab_size:
+                raise ValueError(f"token id {i} is outside the vocabulary [0, {self.vocab_size})")
+        return b"".join(self._bytes[i] for i in ids)
 
     def decode(self, ids: list[int]) -> str:
         return self.decode_bytes(ids).decode("utf-8", errors="replace")

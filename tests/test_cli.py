@@ -73,10 +73,7 @@ def test_loading_a_20b_shaped_checkpoint_maps_without_reading_experts(tmp_path):
     report = json.loads(result.stdout)
     config = preset_config("20b-shape", layers=1)
     E, D, I = config.num_local_experts, config.hidden_size, config.intermediate_size
-    dequantised_expert_bytes = E * 3 * D * I * 2  # one layer's experts in bf16
+    dequantised_expert_bytes = E * 3 * D * I * 2  # one layer's experts in bf16: 1.6 GB
     load_growth = report["rss_after_load_bytes"] - report["rss_before_load_bytes"]
-    assert load_growth < 64 * 2**20, report
-    checkpoint_bytes = sum(p.stat().st_size for p in out.glob("*.safetensors"))
-    # Running touches (maps) at most the file; a dequantised copy of the experts would add ~1.6 GB.
-    run_growth = report["peak_rss_bytes"] - report["rss_before_load_bytes"]
-    assert run_growth < checkpoint_bytes + dequantised_expert_bytes // 4, report
+    # Loading maps the 2.8 GB of shards and reads none of it: only float32 copies of small vectors.
+    assert load_growth < min(64 * 2**20, dequantised_expert_bytes // 16), report
