@@ -77,6 +77,7 @@ class Engine:
         if not path.is_dir():
             raise CheckpointError(f"{path}: model directory not found")
         started = time.perf_counter()
+        ops.select_backend()
         torch_device = _resolve_device(device)
         config = ModelConfig.from_file(path / "config.json")
         checkpoint = SafetensorsCheckpoint(path)

@@ -1,27 +1,31 @@
 """The numeric building blocks of the model, behind one backend switch.
 
-`engine.model` calls `ops.<name>(...)` and never knows which implementation runs. The "reference"
-backend (`engine/ops/reference.py`) is plain PyTorch and always available; faster backends provide
-the same functions with the same signatures. `GPTOSS_OPS=<backend>` picks one at start-up and
-`use_backend()` switches at run time (tests use it to compare backends).
+`engine.model` calls `ops.<name>(...)` and never knows which implementation runs:
+- "reference" (`engine/ops/reference.py`): plain PyTorch, always available, the executable spec;
+- "extension" (`engine/ops/extension.py`): C++/CUDA kernels from csrc/, built on first use.
+
+The reference is active at import. `select_backend()` (called by `Engine.load`) switches to the
+extension unless `GPTOSS_OPS=reference`; if the extension cannot be built or loaded it stays on the
+reference with one warning. `use_backend()` switches explicitly (tests compare backends with it).
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
+
+from engine.ops import reference
 
 logger = logging.getLogger(__name__)
 
 OP_NAMES = ("linear", "rms_norm", "rope_", "sdpa_sinks", "mxfp4_dequantize", "moe_mxfp4")
-_BACKEND_MODULES = {"reference": "engine.ops.reference"}
+BACKENDS = ("reference", "extension")
 
 _active = ""
 
 
 def available_backends() -> list[str]:
-    return list(_BACKEND_MODULES)
+    return list(BACKENDS)
 
 
 def active_backend() -> str:
@@ -33,16 +37,40 @@ def use_backend(name: str) -> None:
 
     Raises:
         ValueError: unknown backend name.
+        RuntimeError: the extension cannot be built or loaded.
     """
     global _active
-    if name not in _BACKEND_MODULES:
+    if name not in BACKENDS:
         raise ValueError(f"unknown ops backend {name!r}; available: {available_backends()}")
-    module = importlib.import_module(_BACKEND_MODULES[name])
-    for op in OP_NAMES:
-        globals()[op] = getattr(module, op)
+    if name == "extension":
+        from engine.ops import extension
+
+        if not extension.load():
+            raise RuntimeError("the C++ ops extension could not be built or loaded (see the log)")
+        implementations = extension.resolved_ops(OP_NAMES)
+    else:
+        implementations = {op: getattr(reference, op) for op in OP_NAMES}
+    globals().update(implementations)
     if name != _active:
         logger.info("ops backend: %s", name)
     _active = name
 
 
-use_backend(os.environ.get("GPTOSS_OPS", "reference"))
+def select_backend() -> str:
+    """The extension where it works, unless GPTOSS_OPS=reference; returns the active backend."""
+    wanted = os.environ.get("GPTOSS_OPS", "auto")
+    if wanted not in ("auto", *BACKENDS):
+        raise ValueError(f"GPTOSS_OPS must be 'auto', 'reference' or 'extension', got {wanted!r}")
+    if wanted == "reference":
+        use_backend("reference")
+        return _active
+    from engine.ops import extension
+
+    if extension.load():
+        use_backend("extension")
+    elif wanted == "extension":
+        raise RuntimeError("GPTOSS_OPS=extension but the C++ ops extension could not be built or loaded")
+    return _active
+
+
+use_backend("reference")

@@ -14,3 +14,13 @@ def _single_intra_op_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def extension():
+    """The C++ ops module (engine.ops.extension), built if needed. Failing to build is a test failure:
+    the extension is part of the product on every machine with a C++ compiler."""
+    from engine.ops import extension as module
+
+    assert module.load(), "the C++ ops extension did not build or load; see the log"
+    return module

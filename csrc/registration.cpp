@@ -1,0 +1,21 @@
+// Every op schema of the gptoss library, one comment line each. Implementations register themselves
+// at the bottom of their own files (cpu/<op>.cpp, cuda/<op>.cu), so a build without CUDA needs no
+// #ifdefs here. Semantics are defined by the pure-PyTorch twins in engine/ops/reference.py.
+#include <torch/library.h>
+
+TORCH_LIBRARY(gptoss, m) {
+  // y = x·Wᵀ + b in float32 (x cast to W's dtype, bfloat16 or float32); x [..., in], W [out, in], b [out]
+  m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  // x / sqrt(mean(x²) + eps) · scale over the last axis, float32 math, result in x's dtype
+  m.def("rms_norm(Tensor x, Tensor scale, float eps) -> Tensor");
+  // rotates q [.., T, H, D] and k [.., T, K, D] in place (half-split) with rows cos_sin[positions]
+  m.def("rope_(Tensor(a!) q, Tensor(b!) k, Tensor cos_sin, Tensor positions) -> ()");
+  // GQA attention with per-head sink logits and an optional sliding window; keys carry positions
+  m.def("sdpa_sinks(Tensor q, Tensor k, Tensor v, Tensor sinks, float sm_scale, int sliding_window, "
+        "Tensor q_pos, Tensor k_pos) -> Tensor");
+  // MXFP4 blocks [.., nb, 16] + E8M0 scales [.., nb] -> values [.., nb·32] in dtype
+  m.def("mxfp4_dequantize(Tensor blocks, Tensor scales, ScalarType dtype) -> Tensor");
+  // Σ_a w[n,a]·(W2[e]·swiglu(W1[e]·x[n] + b1[e]) + b2[e]) with MXFP4 expert weights, float32 out
+  m.def("moe_mxfp4(Tensor x, Tensor expert_ids, Tensor expert_weights, Tensor w1_blocks, Tensor w1_scales, "
+        "Tensor b1, Tensor w2_blocks, Tensor w2_scales, Tensor b2, float swiglu_alpha, float swiglu_limit) -> Tensor");
+}

@@ -1,0 +1,133 @@
+"""The C++/CUDA ops (`torch.ops.gptoss.*`, built from csrc/) behind the same signatures as reference.py.
+
+The library is compiled on first use with torch's cpp_extension (a minute, once; cached per machine
+and CPU capability under the user cache dir) and loaded as a plain torch-ops library. An op without a
+kernel for the CPU in this build keeps its reference implementation, said once in the log. This is
+the only module that names `torch.ops.gptoss`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from engine.ops import reference
+
+logger = logging.getLogger(__name__)
+
+CSRC = Path(__file__).resolve().parent.parent.parent / "csrc"
+_LIBRARY = "gptoss_C"
+_loaded: bool | None = None
+
+
+def _cpu_flags() -> list[str]:
+    # The build runs on the machine that uses it; AVX2+FMA code paths only where the CPU has them.
+    capability = torch.backends.cpu.get_cpu_capability()
+    return ["-mavx2", "-mfma", "-mf16c"] if capability in ("AVX2", "AVX512") else []
+
+
+def load() -> bool:
+    """Builds (once) and loads the library; False, with one warning, when that is not possible."""
+    global _loaded
+    if _loaded is not None:
+        return _loaded
+    try:
+        from torch.utils import cpp_extension
+
+        sources = sorted(str(p) for p in [CSRC / "registration.cpp", *CSRC.glob("cpu/*.cpp")])
+        flags = ["-O3", "-fopenmp", "-std=c++17", *_cpu_flags()]
+        digest = hashlib.sha256("".join([*flags, torch.__version__] +
+                                        [Path(s).read_text() for s in sources]).encode()).hexdigest()[:16]
+        import platformdirs
+
+        build_dir = Path(os.environ.get("GPTOSS_CACHE_DIR") or platformdirs.user_cache_dir("gptoss-mcp")) / \
+            f"ext-{digest}"
+        build_dir.mkdir(parents=True, exist_ok=True)
+        if not (build_dir / f"{_LIBRARY}.so").exists():
+            logger.info("building the C++ ops extension (once, about a minute) in %s", build_dir)
+        cpp_extension.load(name=_LIBRARY, sources=sources, extra_cflags=flags, extra_ldflags=["-fopenmp"],
+                           build_directory=str(build_dir), is_python_module=False, verbose=False)
+    except Exception as e:  # a missing compiler or a failed build must never stop the engine
+        logger.warning("C++ ops extension unavailable, using the PyTorch reference ops: %s", e)
+        _loaded = False
+        return False
+    _register_fakes()
+    _loaded = True
+    return True
+
+
+def has_cpu_kernel(op: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"gptoss::{op}", "CPU")
+
+
+def linear(x, weight, bias=None):
+    return torch.ops.gptoss.linear.default(x, weight, bias)
+
+
+def rms_norm(x, scale, eps):
+    return torch.ops.gptoss.rms_norm.default(x, scale, eps)
+
+
+def rope_(q, k, cos_sin, positions):
+    torch.ops.gptoss.rope_.default(q, k, cos_sin, positions)
+
+
+def sdpa_sinks(q, k, v, sinks, sm_scale, sliding_window, q_pos, k_pos):
+    return torch.ops.gptoss.sdpa_sinks.default(q, k, v, sinks, sm_scale, sliding_window, q_pos, k_pos)
+
+
+def mxfp4_dequantize(blocks, scales, dtype):
+    return torch.ops.gptoss.mxfp4_dequantize.default(blocks, scales, dtype)
+
+
+def moe_mxfp4(x, expert_ids, expert_weights, w1_blocks, w1_scales, b1, w2_blocks, w2_scales, b2,
+              swiglu_alpha, swiglu_limit):
+    return torch.ops.gptoss.moe_mxfp4.default(x, expert_ids, expert_weights, w1_blocks, w1_scales, b1,
+                                              w2_blocks, w2_scales, b2, swiglu_alpha, swiglu_limit)
+
+
+def _register_fakes() -> None:
+    # Output metadata for FakeTensor / torch.compile / opcheck.
+    register = torch.library.register_fake
+
+    @register("gptoss::linear")
+    def _(x, weight, bias):
+        return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=torch.float32)
+
+    @register("gptoss::rms_norm")
+    def _(x, scale, eps):
+        return torch.empty_like(x)
+
+    @register("gptoss::rope_")
+    def _(q, k, cos_sin, positions):
+        return None
+
+    @register("gptoss::sdpa_sinks")
+    def _(q, k, v, sinks, sm_scale, sliding_window, q_pos, k_pos):
+        return q.new_empty(q.shape, dtype=torch.float32)
+
+    @register("gptoss::mxfp4_dequantize")
+    def _(blocks, scales, dtype):
+        return blocks.new_empty((*blocks.shape[:-2], blocks.shape[-2] * 32), dtype=dtype)
+
+    @register("gptoss::moe_mxfp4")
+    def _(x, expert_ids, expert_weights, w1_blocks, w1_scales, b1, w2_blocks, w2_scales, b2, alpha, limit):
+        return x.new_empty((x.shape[0], w2_blocks.shape[1]), dtype=torch.float32)
+
+
+def resolved_ops(names: tuple[str, ...]) -> dict[str, object]:
+    """Each op's implementation: the kernel where this build has one for the CPU, else the reference."""
+    chosen, missing = {}, []
+    for name in names:
+        if has_cpu_kernel(name):
+            chosen[name] = globals()[name]
+        else:
+            chosen[name] = getattr(reference, name)
+            missing.append(name)
+    if missing:
+        logger.info("no C++ kernel yet for %s: using the reference implementation", ", ".join(missing))
+    return chosen
