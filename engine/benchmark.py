@@ -14,6 +14,7 @@ import torch
 
 from engine import ops
 from engine.engine import Engine
+from engine.weights import decode_bytes_per_token
 
 
 def current_rss_bytes() -> int:
@@ -23,6 +24,18 @@ def current_rss_bytes() -> int:
 
 def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def memory_read_gbps(nbytes: int = 1 << 30, repeats: int = 5) -> float:
+    """Best-of-N streaming read bandwidth (GB/s) with torch's threads: a sum over a buffer far larger
+    than the caches."""
+    buffer = torch.ones(nbytes // 4, dtype=torch.float32)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        buffer.sum()
+        best = min(best, time.perf_counter() - started)
+    return nbytes / best / 1e9
 
 
 def run_benchmark(path: str | Path, prompt_tokens: int = 128, gen_tokens: int = 32, threads: int | None = None,
@@ -56,6 +69,8 @@ def run_benchmark(path: str | Path, prompt_tokens: int = 128, gen_tokens: int = 
         decode_seconds = time.perf_counter() - started
 
     config = engine.config
+    bandwidth = memory_read_gbps()
+    weight_bytes = decode_bytes_per_token(config)
     return {
         "model": str(path),
         "layers": config.num_hidden_layers,
@@ -75,4 +90,9 @@ def run_benchmark(path: str | Path, prompt_tokens: int = 128, gen_tokens: int = 
         "rss_after_run_bytes": current_rss_bytes(),
         "peak_rss_bytes": peak_rss_bytes(),
         "kv_cache_bytes": cache.nbytes(),
+        "decode_weight_bytes_per_token": weight_bytes,
+        "memory_read_gbps": round(bandwidth, 2),
+        # batch-1 decode must read every weight byte once per token: bandwidth / bytes is its ceiling
+        "decode_ceiling_tokens_per_second": round(bandwidth * 1e9 / weight_bytes, 3),
+        "decode_fraction_of_ceiling": round(gen_tokens / decode_seconds / (bandwidth * 1e9 / weight_bytes), 3),
     }

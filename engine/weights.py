@@ -194,3 +194,21 @@ def parameter_count(config: ModelConfig) -> int:
         else:
             total += numel
     return total
+
+
+def decode_bytes_per_token(config: ModelConfig) -> int:
+    """Weight bytes one decoded token reads at batch 1: every dense tensor, one embedding row, and
+    the packed bytes and biases of the experts_per_token experts it is routed to in each layer."""
+    total = 0
+    for name, spec in canonical_specs(config).items():
+        numel = 1
+        for dim in spec.shape:
+            numel *= dim
+        nbytes = numel * (2 if spec.dtype == "BF16" else 1)
+        if name == "model.embed_tokens.weight":
+            total += 2 * config.hidden_size
+        elif ".mlp.experts." in name:
+            total += nbytes * config.num_experts_per_tok // config.num_local_experts
+        else:
+            total += nbytes
+    return total
