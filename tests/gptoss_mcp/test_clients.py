@@ -68,7 +68,7 @@ async def _basic_session(client) -> None:
     await client.call_tool("set_reasoning_effort", {"effort": "medium"})
 
     model = await _read_json(client, "gptoss://model")
-    assert model["config"]["layers"] == 2 and model["demo"] is False and model["ops_backend"] == "reference"
+    assert model["config"]["layers"] == 2 and model["demo"] is False and model["ops_backend"] == "extension"
     assert model["parameters"] > 0 and model["dtype"] == "bfloat16"
     status = await _read_json(client, "gptoss://status")
     assert status["state"] == "ready" and status["error"] is None and status["tokens_generated_total"] >= 9
