@@ -30,6 +30,14 @@ def _cpu_flags() -> list[str]:
     return ["-mavx2", "-mfma", "-mf16c"] if capability in ("AVX2", "AVX512") else []
 
 
+def _cuda_build() -> bool:
+    # The CUDA kernels join the build when this torch has CUDA, a device is visible and nvcc exists
+    # (cpp_extension compiles .cu sources with $CUDA_HOME/bin/nvcc).
+    from torch.utils import cpp_extension
+
+    return torch.version.cuda is not None and torch.cuda.is_available() and cpp_extension.CUDA_HOME is not None
+
+
 def load() -> bool:
     """Builds (once) and loads the library; False, with one warning, when that is not possible."""
     global _loaded
@@ -40,8 +48,18 @@ def load() -> bool:
 
         sources = sorted(str(p) for p in [CSRC / "registration.cpp", *CSRC.glob("cpu/*.cpp")])
         flags = ["-O3", "-fopenmp", "-std=c++17", *_cpu_flags()]
-        digest = hashlib.sha256("".join([*flags, torch.__version__] +
-                                        [Path(s).read_text() for s in sources]).encode()).hexdigest()[:16]
+        cuda_flags: list[str] = []
+        cuda_key = "cpu-only"
+        headers = sorted(str(p) for p in CSRC.glob("**/*.h"))
+        if _cuda_build():
+            # .cu kernels (no torch headers, built by nvcc) + the glue that registers them for CUDA.
+            sources += sorted(str(p) for p in [*CSRC.glob("cuda/*.cu"), *CSRC.glob("cuda/*.cpp")])
+            headers += sorted(str(p) for p in CSRC.glob("cuda/*.cuh"))
+            cuda_flags = ["-O3", "-std=c++17"]
+            # cpp_extension builds for the visible GPUs' architectures: a cache entry per set of them.
+            cuda_key = str(sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}))
+        digest = hashlib.sha256("".join([*flags, *cuda_flags, cuda_key, torch.__version__] +
+                                        [Path(s).read_text() for s in sources + headers]).encode()).hexdigest()[:16]
         import platformdirs
 
         build_dir = Path(os.environ.get("GPTOSS_CACHE_DIR") or platformdirs.user_cache_dir("gptoss-mcp")) / \
@@ -49,8 +67,9 @@ def load() -> bool:
         build_dir.mkdir(parents=True, exist_ok=True)
         if not (build_dir / f"{_LIBRARY}.so").exists():
             logger.info("building the C++ ops extension (once, about a minute) in %s", build_dir)
-        cpp_extension.load(name=_LIBRARY, sources=sources, extra_cflags=flags, extra_ldflags=["-fopenmp"],
-                           build_directory=str(build_dir), is_python_module=False, verbose=False)
+        cpp_extension.load(name=_LIBRARY, sources=sources, extra_cflags=flags, extra_cuda_cflags=cuda_flags,
+                           extra_ldflags=["-fopenmp"], build_directory=str(build_dir), is_python_module=False,
+                           verbose=False)
     except Exception as e:  # a missing compiler or a failed build must never stop the engine
         logger.warning("C++ ops extension unavailable, using the PyTorch reference ops: %s", e)
         _loaded = False
