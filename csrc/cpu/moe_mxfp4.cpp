@@ -1,0 +1,561 @@
+// Mixture of MXFP4 experts on CPU, computed straight from the packed blocks and scales.
+//
+// out[n] = Σ_a w[n,a]·(W2[e]·act + b2[e]),  act = swiglu(W1[e]·x[n] + b1[e]) rounded to x's dtype,  e = ids[n,a].
+//
+// Structure (same for one token and for many):
+//  1. The (token, slot) pairs are grouped by expert (a counting sort: deterministic order). x is copied
+//     once into float32 rows in the "chunk layout" below.
+//  2. Phase 1: every thread owns a range of W1 row tiles (16 rows = 8 gate/up pairs) and, expert by
+//     expert, multiplies its tiles by all the tokens routed to that expert; SwiGLU is applied as soon
+//     as a tile is complete and act is written, in the chunk layout too, to a [pairs, I] buffer.
+//  3. Phase 2: same over W2 row tiles; a thread owns output columns [r0, r1) of every token and adds
+//     w·(y + b2) expert by expert in ascending order, so each output element is summed in one fixed
+//     order whatever the number of threads (bitwise determinism).
+// The weights are decoded in registers, 64 values at a time, and applied to up to kMaxGroup tokens
+// at once: one token (decode) streams each weight byte exactly once (memory-bound); with many tokens
+// an expert's row tile is decoded once per group of kMaxGroup tokens while its packed bytes stay in
+// L1/L2 and the tokens' activations are walked in K-steps that stay in L1 (compute-bound). No
+// dequantised copy of any weight matrix is ever made.
+//
+// Every (row, token) dot product runs the same instruction sequence whatever the group size, the
+// K-step or the thread split (its 8-lane accumulator is carried through memory between K-steps), so
+// a token's output does not depend on the batch it came with either.
+//
+// AVX2 decoding of one 32-byte chunk (two MXFP4 blocks, block b in the low 128-bit lane, b+1 in the
+// high lane): the low/high nibbles index two pshufb tables that give the high and low byte of the
+// value's bfloat16 encoding (FP4 E2M1 values are exact in bf16); interleaving them yields bf16 words,
+// and a word pair of a 32-bit lane becomes two float32 vectors with `<< 16` and `& 0xFFFF0000`. The
+// resulting element order inside a chunk is fixed (see chunk_position), so x and act are stored in
+// that order once instead of shuffling the weights. Per block, Σ value·x is formed first and then
+// multiplied by the block's 2^(s-127), built from the exponent bits.
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "../check.h"
+#include "../mxfp4.h"
+#include "vec.h"
+
+namespace gptoss {
+namespace {
+
+constexpr int64_t kChunk = 2 * kMxfp4Block;  // values per decoding step: two blocks
+constexpr int kMaxGroup = 4;                  // tokens sharing one decoded weight row
+constexpr int64_t kRowTile = 16;              // rows per work item; even, so gate/up pairs stay together
+constexpr int64_t kGemmMinTokens = 4;         // from this many tokens per expert: decoded K-step buffer + GEMM
+constexpr int64_t kGemmStepBlocks = 16;       // K-step of the buffered path, in blocks: 16 rows · 256 floats = 16 KB
+#if GPTOSS_AVX2
+constexpr int kLanes = 8;  // accumulator width of one (row, token) dot product
+#else
+constexpr int kLanes = 1;
+#endif
+
+int64_t padded(int64_t k) { return (k + kChunk - 1) / kChunk * kChunk; }
+
+// Where value c (0..63) of a chunk is stored in the chunk layout.
+int chunk_position(int c) {
+#if GPTOSS_AVX2
+  // Output vector v of the decoder holds, in lanes 4h..4h+3, elements base[v] + 4l of block h.
+  const int h = c / kMxfp4Block, e = c % kMxfp4Block;
+  const int base = (e % 4) + (e >= 16 ? 16 : 0);
+  static const int vector_of_base[20] = {0, 4, 1, 5, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 2, 6, 3, 7};
+  const int v = vector_of_base[base];
+  const int l = (e - base) / 4;
+  return v * 8 + h * 4 + l;
+#else
+  return c;
+#endif
+}
+
+struct ChunkLayout {
+  int pos[kChunk];
+  ChunkLayout() {
+    for (int c = 0; c < kChunk; ++c) pos[c] = chunk_position(c);
+  }
+};
+const ChunkLayout& layout() {
+  static const ChunkLayout l;
+  return l;
+}
+
+// One expert-stacked MXFP4 matrix [E, rows, nb, 16] with scales [E, rows, nb].
+struct Mxfp4Matrix {
+  const uint8_t* blocks;
+  const uint8_t* scales;
+  int64_t rows, nb;
+  const uint8_t* row_blocks(int64_t e, int64_t r) const { return blocks + (e * rows + r) * nb * kMxfp4BlockBytes; }
+  const uint8_t* row_scales(int64_t e, int64_t r) const { return scales + (e * rows + r) * nb; }
+};
+
+#if GPTOSS_AVX2
+
+// Decodes 32-byte chunks (two blocks) into 8 float32 vectors of FP4 values (unscaled), in the order
+// of chunk_position.
+struct Fp4Decoder {
+  // High and low byte of the bf16 encoding of each FP4 value, by nibble (both 128-bit lanes).
+  const __m256i table_hi = _mm256_setr_epi8(
+      0x00, 0x3F, 0x3F, 0x3F, 0x40, 0x40, 0x40, 0x40, char(0x80), char(0xBF), char(0xBF), char(0xBF), char(0xC0),
+      char(0xC0), char(0xC0), char(0xC0), 0x00, 0x3F, 0x3F, 0x3F, 0x40, 0x40, 0x40, 0x40, char(0x80), char(0xBF),
+      char(0xBF), char(0xBF), char(0xC0), char(0xC0), char(0xC0), char(0xC0));
+  const __m256i table_lo = _mm256_setr_epi8(
+      0x00, 0x00, char(0x80), char(0xC0), 0x00, 0x40, char(0x80), char(0xC0), 0x00, 0x00, char(0x80), char(0xC0),
+      0x00, 0x40, char(0x80), char(0xC0), 0x00, 0x00, char(0x80), char(0xC0), 0x00, 0x40, char(0x80), char(0xC0),
+      0x00, 0x00, char(0x80), char(0xC0), 0x00, 0x40, char(0x80), char(0xC0));
+  const __m256i nibble = _mm256_set1_epi8(0x0F);
+  const __m256i top_half = _mm256_set1_epi32(int32_t(0xFFFF0000u));
+
+  // The chunk at q: both blocks, or (last block of an odd row) one block and zeros.
+  static __m256i load(const uint8_t* q, bool two_blocks) {
+    return two_blocks ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q))
+                      : _mm256_set_m128i(_mm_setzero_si128(), _mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
+  }
+
+  // Calls use(k, values) for k = 0..7; values holds elements base[k] + 4l of block h in lane 4h + l.
+  template <typename Use>
+  inline void operator()(__m256i v, Use&& use) const {
+    const __m256i lo = _mm256_and_si256(v, nibble);                          // elements 2j
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);   // elements 2j + 1
+    half(lo, 0, use);
+    half(hi, 4, use);
+  }
+
+ private:
+  template <typename Use>
+  inline void half(__m256i idx, int k0, Use&& use) const {
+    const __m256i bh = _mm256_shuffle_epi8(table_hi, idx), bl = _mm256_shuffle_epi8(table_lo, idx);
+    const __m256i w0 = _mm256_unpacklo_epi8(bl, bh), w1 = _mm256_unpackhi_epi8(bl, bh);  // bf16 words
+    use(k0 + 0, _mm256_castsi256_ps(_mm256_slli_epi32(w0, 16)));
+    use(k0 + 1, _mm256_castsi256_ps(_mm256_and_si256(w0, top_half)));
+    use(k0 + 2, _mm256_castsi256_ps(_mm256_slli_epi32(w1, 16)));
+    use(k0 + 3, _mm256_castsi256_ps(_mm256_and_si256(w1, top_half)));
+  }
+};
+
+// 2^(s-127) of up to 8 consecutive blocks, from the exponent bits s << 23; s = 0 is the subnormal
+// 2^-127 (the max picks its bit pattern), 255 gives inf. Missing blocks get 2^-127.
+inline __m256 block_multipliers(const uint8_t* sc, int64_t n) {
+  __m128i bytes;
+  if (n >= 8) {
+    bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(sc));
+  } else {
+    uint64_t tmp = 0;
+    memcpy(&tmp, sc, n);
+    bytes = _mm_cvtsi64_si128(static_cast<int64_t>(tmp));
+  }
+  return _mm256_castsi256_ps(
+      _mm256_max_epi32(_mm256_slli_epi32(_mm256_cvtepu8_epi32(bytes), 23), _mm256_set1_epi32(0x00400000)));
+}
+
+// The multiplier of blocks c and c + 1 (c even, < 8) in the low / high four lanes.
+inline __m256 pair_multiplier(__m256 mult, int64_t c) {
+  alignas(32) static const int32_t kIndex[4][8] = {
+      {0, 0, 0, 0, 1, 1, 1, 1}, {2, 2, 2, 2, 3, 3, 3, 3}, {4, 4, 4, 4, 5, 5, 5, 5}, {6, 6, 6, 6, 7, 7, 7, 7}};
+  return _mm256_permutevar8x32_ps(mult, _mm256_load_si256(reinterpret_cast<const __m256i*>(kIndex[c / 2])));
+}
+
+// Few tokens (decode): acc[t] (8 lanes, in memory) += Σ over blocks [b0, b1) of the row of
+// (Σ_block value·x_t)·2^(s-127). The weights never leave registers. b0 is even; x[t] is token t's
+// row in the chunk layout (zero padded to whole chunks).
+template <int MT>
+inline void row_dot(const uint8_t* blk, const uint8_t* sc, int64_t b0, int64_t b1, const float* const* x,
+                    float* accp) {
+  const Fp4Decoder decode;
+  __m256 acc[MT];
+  for (int t = 0; t < MT; ++t) acc[t] = _mm256_loadu_ps(accp + t * 8);
+  auto chunk = [&](int64_t b, int64_t c, __m256 mult, bool two_blocks) {
+    const __m256 s = pair_multiplier(mult, c);
+    const int64_t off = (b + c) * kMxfp4Block;
+    __m256 p[2][MT];  // two chains per token: even and odd output vectors
+    decode(Fp4Decoder::load(blk + (b + c) * kMxfp4BlockBytes, two_blocks), [&](int k, __m256 f) {
+      for (int t = 0; t < MT; ++t) {
+        const __m256 xv = _mm256_loadu_ps(x[t] + off + 8 * k);
+        p[k & 1][t] = k < 2 ? _mm256_mul_ps(f, xv) : _mm256_fmadd_ps(f, xv, p[k & 1][t]);
+      }
+    });
+    for (int t = 0; t < MT; ++t) acc[t] = _mm256_fmadd_ps(_mm256_add_ps(p[0][t], p[1][t]), s, acc[t]);
+  };
+  int64_t b = b0;
+  for (; b + 8 <= b1; b += 8) {  // whole groups of 8 blocks: straight-line code
+    const __m256 mult = block_multipliers(sc + b, 8);
+    chunk(b, 0, mult, true);
+    chunk(b, 2, mult, true);
+    chunk(b, 4, mult, true);
+    chunk(b, 6, mult, true);
+  }
+  if (b < b1) {
+    const int64_t n = b1 - b;
+    const __m256 mult = block_multipliers(sc + b, n);
+    for (int64_t c = 0; c < n; c += 2) chunk(b, c, mult, c + 1 < n);
+  }
+  for (int t = 0; t < MT; ++t) _mm256_storeu_ps(accp + t * 8, acc[t]);
+}
+
+inline float lanes_sum(const float* acc) { return hsum(_mm256_loadu_ps(acc)); }
+
+// Many tokens (prefill): blocks [b0, b1) of one row, scaled, as float32 in the chunk layout.
+inline void decode_row(const uint8_t* blk, const uint8_t* sc, int64_t b0, int64_t b1, float* out) {
+  const Fp4Decoder decode;
+  auto chunk = [&](int64_t b, int64_t c, __m256 mult, bool two_blocks) {
+    const __m256 s = pair_multiplier(mult, c);
+    float* o = out + (b - b0 + c) * kMxfp4Block;
+    decode(Fp4Decoder::load(blk + (b + c) * kMxfp4BlockBytes, two_blocks),
+           [&](int k, __m256 f) { _mm256_storeu_ps(o + 8 * k, _mm256_mul_ps(f, s)); });
+  };
+  int64_t b = b0;
+  for (; b + 8 <= b1; b += 8) {  // whole groups of 8 blocks: straight-line code
+    const __m256 mult = block_multipliers(sc + b, 8);
+    chunk(b, 0, mult, true);
+    chunk(b, 2, mult, true);
+    chunk(b, 4, mult, true);
+    chunk(b, 6, mult, true);
+  }
+  if (b < b1) {
+    const int64_t n = b1 - b;
+    const __m256 mult = block_multipliers(sc + b, n);
+    for (int64_t c = 0; c < n; c += 2) chunk(b, c, mult, c + 1 < n);
+  }
+}
+
+// acc[r][t] (8 lanes each, row stride acc_stride) += w_r · x_t over kc values: 4 rows × TT tokens in
+// registers, 12 multiply-adds per 7 loads at TT = 3.
+template <int TT>
+inline void gemm_4xt(const float* w, int64_t ws, const float* const* x, int64_t koff, int64_t kc, float* acc,
+                     int64_t acc_stride) {
+  __m256 a[4][TT];
+  for (int r = 0; r < 4; ++r)
+    for (int t = 0; t < TT; ++t) a[r][t] = _mm256_loadu_ps(acc + r * acc_stride + t * 8);
+  const float* xt[TT];
+  for (int t = 0; t < TT; ++t) xt[t] = x[t] + koff;
+  for (int64_t k = 0; k < kc; k += 8) {
+    __m256 xv[TT];
+    for (int t = 0; t < TT; ++t) xv[t] = _mm256_loadu_ps(xt[t] + k);
+    for (int r = 0; r < 4; ++r) {
+      const __m256 wv = _mm256_loadu_ps(w + r * ws + k);
+      for (int t = 0; t < TT; ++t) a[r][t] = _mm256_fmadd_ps(wv, xv[t], a[r][t]);
+    }
+  }
+  for (int r = 0; r < 4; ++r)
+    for (int t = 0; t < TT; ++t) _mm256_storeu_ps(acc + r * acc_stride + t * 8, a[r][t]);
+}
+
+// Per-thread scratch of the buffered path.
+struct GemmScratch {
+  std::vector<float> weights;  // [kRowTile, kGemmStepBlocks·32]: one decoded K-step of the tile
+  std::vector<float> acc;      // [kRowTile, m, 8]
+};
+
+// c[(r - r0)·m + t] = W[e][r]·x_t, rows [r0, r1) (r1 - r0 = kRowTile), m ≥ 1 tokens: each K-step of the
+// tile is decoded once into an L1-sized float32 buffer and reused by every token.
+void tile_product_gemm(const Mxfp4Matrix& w, int64_t e, int64_t r0, int64_t r1, const float* const* x, int64_t m,
+                       float* c, GemmScratch& s) {
+  const int64_t rows = r1 - r0, nb = w.nb, kc_max = kGemmStepBlocks * kMxfp4Block;
+  s.weights.resize(kRowTile * kc_max);
+  s.acc.assign(rows * m * 8, 0.0f);
+  for (int64_t k0 = 0; k0 < nb; k0 += kGemmStepBlocks) {
+    const int64_t k1 = std::min(nb, k0 + kGemmStepBlocks);
+    const int64_t kc = (k1 - k0 + 1) / 2 * kChunk;  // whole chunks: a lone last block is zero padded
+    // Rows are read in K-step slices, a pattern the hardware prefetcher does not follow: fetch the
+    // next tile (contiguous after this one) into L2, a share of it per K-step.
+    if (r1 + rows <= w.rows) {
+      const int64_t steps = (nb + kGemmStepBlocks - 1) / kGemmStepBlocks, step = k0 / kGemmStepBlocks;
+      const int64_t bytes = rows * nb * kMxfp4BlockBytes, share = (bytes + steps - 1) / steps;
+      const char* next = reinterpret_cast<const char*>(w.row_blocks(e, r1));
+      for (int64_t i = step * share; i < std::min(bytes, (step + 1) * share); i += 64)
+        _mm_prefetch(next + i, _MM_HINT_T1);
+      const char* next_scales = reinterpret_cast<const char*>(w.row_scales(e, r1));
+      if (step == 0)
+        for (int64_t i = 0; i < rows * nb; i += 64) _mm_prefetch(next_scales + i, _MM_HINT_T1);
+    }
+    for (int64_t r = r0; r < r1; ++r)
+      decode_row(w.row_blocks(e, r), w.row_scales(e, r), k0, k1, s.weights.data() + (r - r0) * kc_max);
+    const int64_t koff = k0 * kMxfp4Block;
+    for (int64_t t0 = 0; t0 < m; t0 += 3) {
+      for (int64_t rg = 0; rg < rows; rg += 4) {
+        const float* wp = s.weights.data() + rg * kc_max;
+        float* ap = s.acc.data() + (rg * m + t0) * 8;
+        switch (std::min<int64_t>(3, m - t0)) {
+          case 1: gemm_4xt<1>(wp, kc_max, x + t0, koff, kc, ap, m * 8); break;
+          case 2: gemm_4xt<2>(wp, kc_max, x + t0, koff, kc, ap, m * 8); break;
+          default: gemm_4xt<3>(wp, kc_max, x + t0, koff, kc, ap, m * 8); break;
+        }
+      }
+    }
+  }
+  for (int64_t i = 0; i < rows * m; ++i) c[i] = lanes_sum(s.acc.data() + i * 8);
+}
+
+#else  // portable scalar fallback: natural element order, one float accumulator per (row, token)
+
+template <int MT>
+inline void row_dot(const uint8_t* blk, const uint8_t* sc, int64_t b0, int64_t b1, const float* const* x,
+                    float* accp) {
+  float values[16];
+  for (int i = 0; i < 16; ++i) values[i] = fp4_value(static_cast<uint8_t>(i));
+  for (int64_t b = b0; b < b1; ++b) {
+    const float m = e8m0_multiplier(sc[b]);
+    const uint8_t* q = blk + b * kMxfp4BlockBytes;
+    for (int t = 0; t < MT; ++t) {
+      const float* xb = x[t] + b * kMxfp4Block;
+      float p = 0.0f;
+      for (int j = 0; j < kMxfp4BlockBytes; ++j) {
+        p += values[q[j] & 0x0F] * xb[2 * j];
+        p += values[q[j] >> 4] * xb[2 * j + 1];
+      }
+      accp[t] += p * m;
+    }
+  }
+}
+
+inline float lanes_sum(const float* acc) { return acc[0]; }
+
+struct GemmScratch {};
+
+#endif
+
+// c[(r - r0)·m + t] = W[e][r]·x_t for rows [r0, r1) and tokens t0 .. t0 + MT, weights decoded in
+// registers once for the MT tokens. acc: (r1 - r0)·MT·kLanes floats.
+template <int MT>
+void group_product(const Mxfp4Matrix& w, int64_t e, int64_t r0, int64_t r1, const float* const* x, int64_t m,
+                   int64_t t0, float* c, float* acc) {
+  const int64_t rows = r1 - r0;
+  std::fill(acc, acc + rows * MT * kLanes, 0.0f);
+  for (int64_t r = r0; r < r1; ++r)
+    row_dot<MT>(w.row_blocks(e, r), w.row_scales(e, r), 0, w.nb, x + t0, acc + (r - r0) * MT * kLanes);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int t = 0; t < MT; ++t) c[r * m + t0 + t] = lanes_sum(acc + (r * MT + t) * kLanes);
+}
+
+// c[(r - r0)·m + t] = W[e][r]·x_t for the tile's rows and the m tokens routed to expert e: in
+// registers for a few tokens, through a decoded K-step buffer for more (AVX2 builds).
+void tile_product(const Mxfp4Matrix& w, int64_t e, int64_t r0, int64_t r1, const float* const* x, int64_t m,
+                  float* c, float* acc, GemmScratch& scratch) {
+#if GPTOSS_AVX2
+  if (m >= kGemmMinTokens) return tile_product_gemm(w, e, r0, r1, x, m, c, scratch);
+#else
+  (void)scratch;
+#endif
+  for (int64_t t0 = 0; t0 < m; t0 += kMaxGroup) {
+    switch (std::min<int64_t>(kMaxGroup, m - t0)) {
+      case 1: group_product<1>(w, e, r0, r1, x, m, t0, c, acc); break;
+      case 2: group_product<2>(w, e, r0, r1, x, m, t0, c, acc); break;
+      case 3: group_product<3>(w, e, r0, r1, x, m, t0, c, acc); break;
+      default: group_product<4>(w, e, r0, r1, x, m, t0, c, acc); break;
+    }
+  }
+}
+
+// Copies rows of x (float32 or bf16) into float32 rows of `width` (a whole number of chunks) in the
+// chunk layout, zero padded.
+template <typename T>
+void to_chunk_layout(const T* x, int64_t rows, int64_t dim, int64_t width, float* out) {
+  const ChunkLayout& l = layout();
+  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(dim, 1)), [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      float* o = out + n * width;
+      std::fill(o, o + width, 0.0f);
+      for (int64_t i = 0; i < dim; ++i) o[i / kChunk * kChunk + l.pos[i % kChunk]] = static_cast<float>(x[n * dim + i]);
+    }
+  });
+}
+
+struct Routing {
+  std::vector<int64_t> experts;  // experts used by at least one pair, ascending
+  std::vector<int64_t> begin;    // pairs of experts[i] are order[begin[i] .. begin[i + 1])
+  std::vector<int64_t> order;    // pair indices n·A + a grouped by expert, ascending within an expert
+};
+
+Routing group_by_expert(const int64_t* ids, int64_t pairs, int64_t num_experts) {
+  std::vector<int64_t> count(num_experts + 1, 0);
+  for (int64_t p = 0; p < pairs; ++p) ++count[ids[p] + 1];
+  for (int64_t e = 0; e < num_experts; ++e) count[e + 1] += count[e];
+  Routing r;
+  r.order.resize(pairs);
+  std::vector<int64_t> fill(count.begin(), count.end() - 1);
+  for (int64_t p = 0; p < pairs; ++p) r.order[fill[ids[p]]++] = p;
+  for (int64_t e = 0; e < num_experts; ++e) {
+    if (count[e + 1] > count[e]) {
+      r.experts.push_back(e);
+      r.begin.push_back(count[e]);
+    }
+  }
+  r.begin.push_back(pairs);
+  return r;
+}
+
+// Minimum multiply-adds per thread before a phase is split across threads.
+constexpr int64_t kMinParallelWork = 1 << 17;
+
+struct Problem {
+  int64_t N, A, D, I, E;
+  const int64_t* ids;      // [N, A]
+  const float* weights;    // [N, A]
+  Mxfp4Matrix w1, w2;      // [E, 2I, D/32, 16], [E, D, I/32, 16]
+  const float* b1;         // [E, 2I]
+  const float* b2;         // [E, D]
+  float alpha, limit;
+  bool act_bf16;           // round act to bfloat16 (the compute dtype) before the second product
+};
+
+inline float swiglu(float gate, float up, float alpha, float limit) {
+  const float g = std::min(gate, limit);  // NaN stays NaN, as with torch.clamp
+  const float u = std::max(std::min(up, limit), -limit);
+  return g * (1.0f / (1.0f + std::exp(-(alpha * g)))) * (u + 1.0f);
+}
+
+// xc: x in the chunk layout [N, Dp]. out: [N, D] float32, overwritten.
+void moe_forward(const Problem& pb, const float* xc, float* out) {
+  const int64_t N = pb.N, A = pb.A, D = pb.D, I = pb.I, P = N * A;
+  const int64_t Dp = padded(D), Ip = padded(I);
+  const Routing routing = group_by_expert(pb.ids, P, pb.E);
+  const int64_t used = static_cast<int64_t>(routing.experts.size());
+  std::fill(out, out + N * D, 0.0f);
+  if (P == 0) return;
+
+  // x rows of each pair, grouped by expert; act rows are simply the grouped pair index.
+  std::vector<const float*> x_rows(P), act_rows(P);
+  std::vector<float> act(static_cast<size_t>(P) * Ip, 0.0f);  // [P, Ip] in the chunk layout, zero padded
+  for (int64_t q = 0; q < P; ++q) {
+    x_rows[q] = xc + (routing.order[q] / A) * Dp;
+    act_rows[q] = act.data() + q * Ip;
+  }
+  const ChunkLayout& l = layout();
+  const int64_t max_m = [&] {
+    int64_t best = 0;
+    for (int64_t i = 0; i < used; ++i) best = std::max(best, routing.begin[i + 1] - routing.begin[i]);
+    return best;
+  }();
+
+  // Phase 1: act = swiglu(W1·x + b1), tiles of kRowTile rows of W1 (kRowTile / 2 act values).
+  const int64_t tiles1 = (2 * I + kRowTile - 1) / kRowTile;
+  const int64_t grain1 = std::max<int64_t>(1, kMinParallelWork / std::max<int64_t>(1, kRowTile * D * P));
+  at::parallel_for(0, tiles1, grain1, [&](int64_t begin, int64_t end) {
+    std::vector<float> c(kRowTile * max_m), acc(kRowTile * kMaxGroup * kLanes);
+    GemmScratch scratch;
+    for (int64_t i = 0; i < used; ++i) {
+      const int64_t e = routing.experts[i], q0 = routing.begin[i], m = routing.begin[i + 1] - q0;
+      const float* b1e = pb.b1 + e * 2 * I;
+      for (int64_t tile = begin; tile < end; ++tile) {
+        const int64_t r0 = tile * kRowTile, r1 = std::min(2 * I, r0 + kRowTile);
+        tile_product(pb.w1, e, r0, r1, x_rows.data() + q0, m, c.data(), acc.data(), scratch);
+        for (int64_t t = 0; t < m; ++t) {
+          float* a = act.data() + (q0 + t) * Ip;
+          for (int64_t r = r0; r < r1; r += 2) {
+            const int64_t j = r / 2;
+            float v = swiglu(c[(r - r0) * m + t] + b1e[r], c[(r + 1 - r0) * m + t] + b1e[r + 1], pb.alpha, pb.limit);
+            if (pb.act_bf16) v = static_cast<float>(c10::BFloat16(v));
+            a[j / kChunk * kChunk + l.pos[j % kChunk]] = v;
+          }
+        }
+      }
+    }
+  });
+
+  // Phase 2: out[n] += w·(W2·act + b2) over output tiles of kRowTile rows, experts in ascending order.
+  const int64_t tiles2 = (D + kRowTile - 1) / kRowTile;
+  const int64_t grain2 = std::max<int64_t>(1, kMinParallelWork / std::max<int64_t>(1, kRowTile * I * P));
+  at::parallel_for(0, tiles2, grain2, [&](int64_t begin, int64_t end) {
+    std::vector<float> c(kRowTile * max_m), acc(kRowTile * kMaxGroup * kLanes);
+    GemmScratch scratch;
+    for (int64_t i = 0; i < used; ++i) {
+      const int64_t e = routing.experts[i], q0 = routing.begin[i], m = routing.begin[i + 1] - q0;
+      const float* b2e = pb.b2 + e * D;
+      for (int64_t tile = begin; tile < end; ++tile) {
+        const int64_t r0 = tile * kRowTile, r1 = std::min(D, r0 + kRowTile);
+        tile_product(pb.w2, e, r0, r1, act_rows.data() + q0, m, c.data(), acc.data(), scratch);
+        for (int64_t t = 0; t < m; ++t) {
+          const int64_t pair = routing.order[q0 + t];
+          const float w = pb.weights[pair];
+          float* o = out + (pair / A) * D;
+          for (int64_t r = r0; r < r1; ++r) o[r] += w * (c[(r - r0) * m + t] + b2e[r]);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+at::Tensor moe_mxfp4_cpu(const at::Tensor& x, const at::Tensor& expert_ids, const at::Tensor& expert_weights,
+                         const at::Tensor& w1_blocks, const at::Tensor& w1_scales, const at::Tensor& b1,
+                         const at::Tensor& w2_blocks, const at::Tensor& w2_scales, const at::Tensor& b2,
+                         double swiglu_alpha, double swiglu_limit) {
+  GPTOSS_CHECK_DIM(x, 2);
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
+              "x must be float32 or bfloat16, got ", x.scalar_type());
+  GPTOSS_CHECK_DIM(expert_ids, 2);
+  TORCH_CHECK(expert_ids.scalar_type() == at::kLong || expert_ids.scalar_type() == at::kInt,
+              "expert_ids must be int64 or int32, got ", expert_ids.scalar_type());
+  GPTOSS_CHECK_DIM(expert_weights, 2);
+  GPTOSS_CHECK_DTYPE(expert_weights, at::kFloat);
+  GPTOSS_CHECK_DIM(w1_blocks, 4);
+  GPTOSS_CHECK_DTYPE(w1_blocks, at::kByte);
+  GPTOSS_CHECK_DIM(w1_scales, 3);
+  GPTOSS_CHECK_DTYPE(w1_scales, at::kByte);
+  GPTOSS_CHECK_DIM(b1, 2);
+  GPTOSS_CHECK_DTYPE(b1, at::kFloat);
+  GPTOSS_CHECK_DIM(w2_blocks, 4);
+  GPTOSS_CHECK_DTYPE(w2_blocks, at::kByte);
+  GPTOSS_CHECK_DIM(w2_scales, 3);
+  GPTOSS_CHECK_DTYPE(w2_scales, at::kByte);
+  GPTOSS_CHECK_DIM(b2, 2);
+  GPTOSS_CHECK_DTYPE(b2, at::kFloat);
+  for (const at::Tensor* t : {&expert_ids, &expert_weights, &w1_blocks, &w1_scales, &b1, &w2_blocks, &w2_scales, &b2})
+    TORCH_CHECK(t->device() == x.device(), "all moe_mxfp4 inputs must be on x's device (", x.device(), ")");
+
+  const int64_t N = x.size(0), D = x.size(1), A = expert_ids.size(1);
+  const int64_t E = w1_blocks.size(0), I2 = w1_blocks.size(1);
+  TORCH_CHECK(D % kMxfp4Block == 0, "x rows have ", D, " values, not a multiple of ", kMxfp4Block);
+  TORCH_CHECK(expert_ids.size(0) == N, "expert_ids has ", expert_ids.size(0), " rows but x has ", N);
+  TORCH_CHECK(expert_weights.sizes() == expert_ids.sizes(), "expert_weights has shape ", expert_weights.sizes(),
+              " but expert_ids has shape ", expert_ids.sizes());
+  TORCH_CHECK(I2 % (2 * kMxfp4Block) == 0, "w1_blocks has ", I2, " rows, not twice a multiple of ", kMxfp4Block);
+  const int64_t I = I2 / 2;
+  TORCH_CHECK(w1_blocks.size(2) == D / kMxfp4Block && w1_blocks.size(3) == kMxfp4BlockBytes,
+              "w1_blocks must be [E, 2I, ", D / kMxfp4Block, ", 16] for x rows of ", D, ", got ", w1_blocks.sizes());
+  TORCH_CHECK(w1_scales.size(0) == E && w1_scales.size(1) == I2 && w1_scales.size(2) == D / kMxfp4Block,
+              "w1_scales must be ", w1_blocks.sizes().slice(0, 3), ", got ", w1_scales.sizes());
+  TORCH_CHECK(b1.size(0) == E && b1.size(1) == I2, "b1 must be [", E, ", ", I2, "], got ", b1.sizes());
+  TORCH_CHECK(w2_blocks.size(0) == E && w2_blocks.size(1) == D && w2_blocks.size(2) == I / kMxfp4Block &&
+                  w2_blocks.size(3) == kMxfp4BlockBytes,
+              "w2_blocks must be [", E, ", ", D, ", ", I / kMxfp4Block, ", 16], got ", w2_blocks.sizes());
+  TORCH_CHECK(w2_scales.size(0) == E && w2_scales.size(1) == D && w2_scales.size(2) == I / kMxfp4Block,
+              "w2_scales must be [", E, ", ", D, ", ", I / kMxfp4Block, "], got ", w2_scales.sizes());
+  TORCH_CHECK(b2.size(0) == E && b2.size(1) == D, "b2 must be [", E, ", ", D, "], got ", b2.sizes());
+
+  const at::Tensor ids = expert_ids.to(at::kLong).contiguous();
+  const int64_t* idp = ids.data_ptr<int64_t>();
+  for (int64_t i = 0; i < ids.numel(); ++i)
+    TORCH_CHECK(idp[i] >= 0 && idp[i] < E, "expert_ids must be in [0, ", E, "), got ", idp[i]);
+
+  const at::Tensor xc = x.contiguous(), wc = expert_weights.contiguous();
+  const at::Tensor w1b = w1_blocks.contiguous(), w1s = w1_scales.contiguous(), b1c = b1.contiguous();
+  const at::Tensor w2b = w2_blocks.contiguous(), w2s = w2_scales.contiguous(), b2c = b2.contiguous();
+  at::Tensor out = at::empty({N, D}, x.options().dtype(at::kFloat));
+
+  Problem pb;
+  pb.N = N, pb.A = A, pb.D = D, pb.I = I, pb.E = E;
+  pb.ids = idp;
+  pb.weights = wc.data_ptr<float>();
+  pb.w1 = {w1b.data_ptr<uint8_t>(), w1s.data_ptr<uint8_t>(), I2, D / kMxfp4Block};
+  pb.w2 = {w2b.data_ptr<uint8_t>(), w2s.data_ptr<uint8_t>(), D, I / kMxfp4Block};
+  pb.b1 = b1c.data_ptr<float>();
+  pb.b2 = b2c.data_ptr<float>();
+  pb.alpha = static_cast<float>(swiglu_alpha);
+  pb.limit = static_cast<float>(swiglu_limit);
+  pb.act_bf16 = x.scalar_type() == at::kBFloat16;
+
+  std::vector<float> x_chunks(static_cast<size_t>(N) * padded(D));
+  if (pb.act_bf16)
+    to_chunk_layout(xc.data_ptr<c10::BFloat16>(), N, D, padded(D), x_chunks.data());
+  else
+    to_chunk_layout(xc.data_ptr<float>(), N, D, padded(D), x_chunks.data());
+  moe_forward(pb, x_chunks.data(), out.data_ptr<float>());
+  return out;
+}
+
+}  // namespace gptoss
+
+TORCH_LIBRARY_IMPL(gptoss, CPU, m) { m.impl("moe_mxfp4", &gptoss::moe_mxfp4_cpu); }
