@@ -14,6 +14,11 @@ CHECKPOINTS = {"tiny": ("tiny", 0), "tiny-odd": ("tiny-odd", 1), "small": ("smal
 
 @pytest.fixture(scope="session")
 def model_dirs(tmp_path_factory) -> dict[str, Path]:
+    # Build the C++ extension once, up front, so that server subprocesses find it cached instead of
+    # each compiling it while a test waits (whether it built is asserted by the extension tests).
+    from engine.ops import extension
+
+    extension.load()
     root = tmp_path_factory.mktemp("models")
     dirs = {}
     for name, (preset, seed) in CHECKPOINTS.items():

@@ -62,7 +62,8 @@ def load() -> bool:
                                         [Path(s).read_text() for s in sources + headers]).encode()).hexdigest()[:16]
         import platformdirs
 
-        build_dir = Path(os.environ.get("GPTOSS_CACHE_DIR") or platformdirs.user_cache_dir("gptoss-mcp")) / \
+        # Separate from GPTOSS_CACHE_DIR (models, tokenizers): one build serves every cache dir.
+        build_dir = Path(os.environ.get("GPTOSS_EXTENSION_DIR") or platformdirs.user_cache_dir("gptoss-mcp")) / \
             f"ext-{digest}"
         build_dir.mkdir(parents=True, exist_ok=True)
         if not (build_dir / f"{_LIBRARY}.so").exists():

@@ -18,7 +18,7 @@ print(engine.ops_backend)
 
 
 def _run(tiny_dir, tmp_path, **env) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "GPTOSS_CACHE_DIR": str(tmp_path / "empty-cache"), "CXX": "/nonexistent/c++",
+    environment = {**os.environ, "GPTOSS_EXTENSION_DIR": str(tmp_path / "no-build"), "CXX": "/nonexistent/c++",
                    **env}
     return subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_dir)], capture_output=True, text=True,
                           timeout=300, env=environment)

@@ -46,7 +46,10 @@ def test_bearer_token_auth(tiny_dir, cache_dir, tmp_path):
         assert httpx2.get(base + "/healthz", timeout=10).json()["state"] in ("loading", "ready")  # no token needed
 
         async def main():
-            async with httpx2.AsyncClient(headers={"Authorization": "Bearer s3cret-token-value"}) as http:
+            # The SDK's own client waits minutes for a reply; a bare httpx client gives up after 5 s,
+            # which the first call can exceed (the model, and maybe the C++ extension, still loading).
+            async with httpx2.AsyncClient(headers={"Authorization": "Bearer s3cret-token-value"},
+                                          timeout=httpx2.Timeout(30, read=300)) as http:
                 async with Client(streamable_http_client(base + "/mcp", http_client=http)) as client:
                     result = await client.call_tool("generate", {"prompt": "hi", "max_tokens": 2})
                     assert not result.is_error
