@@ -4,6 +4,7 @@
 """
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -40,15 +41,18 @@ async def main() -> None:
         await use(client)
 
     print("== Streamable HTTP")
-    server = subprocess.Popen([*SERVE, "--transport", "http", "--port", "8766"])
+    with socket.socket() as probe:  # a free loopback port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([*SERVE, "--transport", "http", "--port", str(port)])
     try:
         for _ in range(120):  # wait until it listens
             try:
-                urllib.request.urlopen("http://127.0.0.1:8766/healthz", timeout=1)
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
                 break
             except OSError:
                 time.sleep(0.5)
-        async with Client("http://127.0.0.1:8766/mcp") as client:
+        async with Client(f"http://127.0.0.1:{port}/mcp") as client:
             await use(client)
     finally:
         server.terminate()
