@@ -116,7 +116,7 @@ void widen_rows(const c10::BFloat16* src, int64_t ld, int64_t rows, int64_t in, 
 
 }  // namespace
 
-at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias_opt) {
   TORCH_CHECK(x.dim() >= 1, "x must have at least one dim");
   GPTOSS_CHECK_DIM(weight, 2);
   TORCH_CHECK(weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kBFloat16,
@@ -126,15 +126,15 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::
   TORCH_CHECK(x.size(-1) == in, "x rows have ", x.size(-1), " entries but weight has ", in, " columns");
   GPTOSS_CHECK_SAME_DEVICE(x, weight);
   at::Tensor b;
-  if (bias.has_value() && bias->defined()) {
-    const at::Tensor& bias_ = *bias;
-    GPTOSS_CHECK_DIM(bias_, 1);
-    TORCH_CHECK(bias_.size(0) == out_features, "bias has ", bias_.size(0), " entries but weight has ", out_features,
+  if (bias_opt.has_value() && bias_opt->defined()) {
+    const at::Tensor& bias = *bias_opt;
+    GPTOSS_CHECK_DIM(bias, 1);
+    TORCH_CHECK(bias.size(0) == out_features, "bias has ", bias.size(0), " entries but weight has ", out_features,
                 " rows");
-    TORCH_CHECK(at::isFloatingType(bias_.scalar_type()), "bias must be a floating-point tensor, got ",
-                bias_.scalar_type());
-    GPTOSS_CHECK_SAME_DEVICE(bias_, weight);
-    b = bias_.to(at::kFloat).contiguous();
+    TORCH_CHECK(at::isFloatingType(bias.scalar_type()), "bias must be a floating-point tensor, got ",
+                bias.scalar_type());
+    GPTOSS_CHECK_SAME_DEVICE(bias, weight);
+    b = bias.to(at::kFloat).contiguous();
   }
 
   // x in W's dtype (the op's rounding), then as float32 (exact) in contiguous rows.

@@ -1,33 +1,35 @@
 // Mixture of MXFP4 experts on CPU, computed straight from the packed blocks and scales.
 //
 // out[n] = Σ_a w[n,a]·(W2[e]·act + b2[e]),  act = swiglu(W1[e]·x[n] + b1[e]) rounded to x's dtype,  e = ids[n,a].
+// float32 accumulation throughout; unlike the reference, the two products are not rounded to bf16.
 //
-// Structure (same for one token and for many):
+// Structure (the same for one token and for many):
 //  1. The (token, slot) pairs are grouped by expert (a counting sort: deterministic order). x is copied
 //     once into float32 rows in the "chunk layout" below.
 //  2. Phase 1: every thread owns a range of W1 row tiles (16 rows = 8 gate/up pairs) and, expert by
 //     expert, multiplies its tiles by all the tokens routed to that expert; SwiGLU is applied as soon
 //     as a tile is complete and act is written, in the chunk layout too, to a [pairs, I] buffer.
-//  3. Phase 2: same over W2 row tiles; a thread owns output columns [r0, r1) of every token and adds
-//     w·(y + b2) expert by expert in ascending order, so each output element is summed in one fixed
-//     order whatever the number of threads (bitwise determinism).
-// The weights are decoded in registers, 64 values at a time, and applied to up to kMaxGroup tokens
-// at once: one token (decode) streams each weight byte exactly once (memory-bound); with many tokens
-// an expert's row tile is decoded once per group of kMaxGroup tokens while its packed bytes stay in
-// L1/L2 and the tokens' activations are walked in K-steps that stay in L1 (compute-bound). No
-// dequantised copy of any weight matrix is ever made.
-//
-// Every (row, token) dot product runs the same instruction sequence whatever the group size, the
-// K-step or the thread split (its 8-lane accumulator is carried through memory between K-steps), so
-// a token's output does not depend on the batch it came with either.
+//  3. Phase 2: the same over W2 row tiles; a thread owns output columns [r0, r1) of every token and
+//     adds w·(y + b2) expert by expert in ascending order, so each output element is summed in one
+//     fixed order whatever the number of threads (bitwise determinism).
+// A tile's product with its expert's m tokens takes one of two paths (chosen by m alone):
+//  - m < kGemmMinTokens (decode; memory-bound): each row is decoded in registers, 64 values at a
+//    time, and applied to all m tokens at once (row_dot); rows are streamed once, in memory order.
+//  - m >= kGemmMinTokens (prefill; compute-bound): the tile is decoded one K-step at a time (16 rows
+//    × 256 values, 16 KB of float32: L1) and that buffer is shared by all m tokens through a
+//    4-row × 3-token register-blocked kernel (gemm_4xt); the next tile is prefetched meanwhile.
+// No dequantised copy of a weight matrix is ever made: the largest decoded piece is that 16 KB step.
 //
 // AVX2 decoding of one 32-byte chunk (two MXFP4 blocks, block b in the low 128-bit lane, b+1 in the
 // high lane): the low/high nibbles index two pshufb tables that give the high and low byte of the
 // value's bfloat16 encoding (FP4 E2M1 values are exact in bf16); interleaving them yields bf16 words,
 // and a word pair of a 32-bit lane becomes two float32 vectors with `<< 16` and `& 0xFFFF0000`. The
 // resulting element order inside a chunk is fixed (see chunk_position), so x and act are stored in
-// that order once instead of shuffling the weights. Per block, Σ value·x is formed first and then
-// multiplied by the block's 2^(s-127), built from the exponent bits.
+// that order once instead of shuffling the weights. The block scale 2^(s-127) is built from the
+// exponent bits; row_dot forms Σ value·x per block first and multiplies by it, the buffered path
+// stores value·2^(s-127) (exact). The two paths round differently (both within float32 accuracy),
+// so a token's output can change in the last bits with the number of tokens sharing its experts,
+// never with the thread count. Without AVX2 a scalar fallback (natural order, row_dot only) is used.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -46,7 +48,7 @@ constexpr int64_t kChunk = 2 * kMxfp4Block;  // values per decoding step: two bl
 constexpr int kMaxGroup = 4;                  // tokens sharing one decoded weight row
 constexpr int64_t kRowTile = 16;              // rows per work item; even, so gate/up pairs stay together
 constexpr int64_t kGemmMinTokens = 4;         // from this many tokens per expert: decoded K-step buffer + GEMM
-constexpr int64_t kGemmStepBlocks = 16;       // K-step of the buffered path, in blocks: 16 rows · 256 floats = 16 KB
+constexpr int64_t kGemmStepBlocks = 8;        // K-step of the buffered path: 16 rows × 256 floats = 16 KB
 #if GPTOSS_AVX2
 constexpr int kLanes = 8;  // accumulator width of one (row, token) dot product
 #else
@@ -55,16 +57,17 @@ constexpr int kLanes = 1;
 
 int64_t padded(int64_t k) { return (k + kChunk - 1) / kChunk * kChunk; }
 
-// Where value c (0..63) of a chunk is stored in the chunk layout.
+// Where value c (0..63) of a chunk is stored in the chunk layout. The AVX2 decoder's output vector v
+// (0..7) holds, in lane 4h + l, element kBase[v] + 4l of the chunk's block h (see Fp4Decoder).
 int chunk_position(int c) {
 #if GPTOSS_AVX2
-  // Output vector v of the decoder holds, in lanes 4h..4h+3, elements base[v] + 4l of block h.
+  static const int kBase[8] = {0, 2, 16, 18, 1, 3, 17, 19};
   const int h = c / kMxfp4Block, e = c % kMxfp4Block;
-  const int base = (e % 4) + (e >= 16 ? 16 : 0);
-  static const int vector_of_base[20] = {0, 4, 1, 5, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 2, 6, 3, 7};
-  const int v = vector_of_base[base];
-  const int l = (e - base) / 4;
-  return v * 8 + h * 4 + l;
+  for (int v = 0; v < 8; ++v) {
+    const int d = e - kBase[v];
+    if (d >= 0 && d < 16 && d % 4 == 0) return v * 8 + h * 4 + d / 4;
+  }
+  TORCH_INTERNAL_ASSERT(false, "no decoder lane for element ", e);
 #else
   return c;
 #endif
@@ -113,7 +116,8 @@ struct Fp4Decoder {
                       : _mm256_set_m128i(_mm_setzero_si128(), _mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
   }
 
-  // Calls use(k, values) for k = 0..7; values holds elements base[k] + 4l of block h in lane 4h + l.
+  // Calls use(v, values) for v = 0..7 in this order; values holds element kBase[v] + 4l of block h
+  // in lane 4h + l (kBase in chunk_position).
   template <typename Use>
   inline void operator()(__m256i v, Use&& use) const {
     const __m256i lo = _mm256_and_si256(v, nibble);                          // elements 2j
@@ -177,16 +181,8 @@ inline void row_dot(const uint8_t* blk, const uint8_t* sc, int64_t b0, int64_t b
     });
     for (int t = 0; t < MT; ++t) acc[t] = _mm256_fmadd_ps(_mm256_add_ps(p[0][t], p[1][t]), s, acc[t]);
   };
-  int64_t b = b0;
-  for (; b + 8 <= b1; b += 8) {  // whole groups of 8 blocks: straight-line code
-    const __m256 mult = block_multipliers(sc + b, 8);
-    chunk(b, 0, mult, true);
-    chunk(b, 2, mult, true);
-    chunk(b, 4, mult, true);
-    chunk(b, 6, mult, true);
-  }
-  if (b < b1) {
-    const int64_t n = b1 - b;
+  for (int64_t b = b0; b < b1; b += 8) {
+    const int64_t n = std::min<int64_t>(8, b1 - b);
     const __m256 mult = block_multipliers(sc + b, n);
     for (int64_t c = 0; c < n; c += 2) chunk(b, c, mult, c + 1 < n);
   }
@@ -204,16 +200,8 @@ inline void decode_row(const uint8_t* blk, const uint8_t* sc, int64_t b0, int64_
     decode(Fp4Decoder::load(blk + (b + c) * kMxfp4BlockBytes, two_blocks),
            [&](int k, __m256 f) { _mm256_storeu_ps(o + 8 * k, _mm256_mul_ps(f, s)); });
   };
-  int64_t b = b0;
-  for (; b + 8 <= b1; b += 8) {  // whole groups of 8 blocks: straight-line code
-    const __m256 mult = block_multipliers(sc + b, 8);
-    chunk(b, 0, mult, true);
-    chunk(b, 2, mult, true);
-    chunk(b, 4, mult, true);
-    chunk(b, 6, mult, true);
-  }
-  if (b < b1) {
-    const int64_t n = b1 - b;
+  for (int64_t b = b0; b < b1; b += 8) {
+    const int64_t n = std::min<int64_t>(8, b1 - b);
     const __m256 mult = block_multipliers(sc + b, n);
     for (int64_t c = 0; c < n; c += 2) chunk(b, c, mult, c + 1 < n);
   }

@@ -223,6 +223,19 @@ def test_bad_input_names_the_tensor(extension, change, message):
         extension.moe_mxfp4(*_bad(args, **change(args)))
 
 
+def test_strided_inputs_and_int32_ids(extension):
+    # As MoEBlock calls it: ids and weights are column slices of sorted [N, E] tensors.
+    args, _ = make_case(5, 2, 9, 96, 160, seed=8, dtype=torch.bfloat16)
+    x, ids, w = args[:3]
+    wide_ids = torch.cat((ids, torch.zeros_like(ids)), dim=1)[:, :2]
+    wide_w = torch.cat((w, torch.ones_like(w)), dim=1)[:, :2]
+    wide_x = torch.cat((x, x), dim=1)[:, :96]
+    assert not (wide_ids.is_contiguous() or wide_w.is_contiguous() or wide_x.is_contiguous())
+    want = extension.moe_mxfp4(*args)
+    assert torch.equal(extension.moe_mxfp4(wide_x, wide_ids, wide_w, *args[3:]), want)
+    assert torch.equal(extension.moe_mxfp4(x, ids.int(), w, *args[3:]), want)
+
+
 def test_no_tokens(extension):
     args, _ = make_case(3, 2, 1, 96, 96, seed=2)
     x, ids, w = args[0][:0], args[1][:0], args[2][:0]
