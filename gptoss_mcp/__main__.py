@@ -30,7 +30,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     try:
         result = run_benchmark(args.model, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
-                               threads=args.threads, dtype=args.dtype, device=args.device)
+                               repeats=args.repeats, threads=args.threads, dtype=args.dtype, device=args.device)
     except (CheckpointError, ConfigError) as e:
         logging.getLogger("gptoss_mcp").error("model failed to load: %s", e)
         return EXIT_MODEL_FAILED
@@ -144,8 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="measure load time, memory, prompt and decode speed")
     bench.add_argument("--model", required=True, help="model directory (HF layout or its original/)")
-    bench.add_argument("--prompt-tokens", type=_positive_int, default=128)
-    bench.add_argument("--gen-tokens", type=_positive_int, default=32)
+    bench.add_argument("--prompt-tokens", type=_positive_int, nargs="+", default=[128, 512],
+                       help="prompt lengths to measure (default: 128 512)")
+    bench.add_argument("--gen-tokens", type=_positive_int, default=32, help="tokens per decode round")
+    bench.add_argument("--repeats", type=_positive_int, default=3,
+                       help="runs of each measurement; the best is reported (default: 3)")
     bench.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: all cores)")
     bench.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     bench.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])

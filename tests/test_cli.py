@@ -54,13 +54,24 @@ def test_bench_on_a_broken_model_exits_3_naming_the_problem(tmp_path):
 
 
 def test_bench_reports_json(tiny_dir):
-    result = run_cli("bench", "--model", str(tiny_dir), "--prompt-tokens", "9", "--gen-tokens", "3", "--json")
+    result = run_cli("bench", "--model", str(tiny_dir), "--prompt-tokens", "9", "5", "--gen-tokens", "3",
+                     "--repeats", "2", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["prompt_tokens"] == 9 and report["decode_tokens"] == 3
-    assert report["decode_tokens_per_second"] > 0 and report["prompt_tokens_per_second"] > 0
+    assert [p["prompt_tokens"] for p in report["prompts"]] == [9, 5]
+    for prompt in report["prompts"]:
+        assert prompt["prompt_tokens_per_second"] > 0
+        assert 0 < prompt["time_to_first_token_seconds"] <= prompt["cold_time_to_first_token_seconds"]
+    assert report["decode_tokens"] == 3 and report["decode_context_tokens"] == 9 and report["repeats"] == 2
+    assert report["decode_tokens_per_second"] == max(report["decode_tokens_per_second_all"]) > 0
+    assert len(report["decode_tokens_per_second_all"]) == 2
     assert report["peak_rss_bytes"] >= report["rss_after_load_bytes"] > 0
     assert report["ops_backend"] == "extension"  # built on first use on any machine with a C++ compiler
+
+
+def test_bench_rejects_a_non_positive_repeat_count(tiny_dir):
+    result = run_cli("bench", "--model", str(tiny_dir), "--repeats", "0")
+    assert result.returncode == 2 and "--repeats" in result.stderr
 
 
 @pytest.mark.slow
@@ -68,7 +79,8 @@ def test_loading_a_20b_shaped_checkpoint_maps_without_reading_experts(tmp_path):
     """A 20b-wide layer: loading reads no weights, so RSS barely moves; experts stay packed."""
     out = tmp_path / "20b"
     assert run_cli("make-model", str(out), "--preset", "20b-shape", "--layers", "1", "--no-original").returncode == 0
-    result = run_cli("bench", "--model", str(out), "--prompt-tokens", "4", "--gen-tokens", "1", "--json")
+    result = run_cli("bench", "--model", str(out), "--prompt-tokens", "4", "--gen-tokens", "1", "--repeats", "1",
+                     "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     config = preset_config("20b-shape", layers=1)

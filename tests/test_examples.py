@@ -34,3 +34,37 @@ def test_openai_agents_example(tiny_dir, tmp_path):
 def test_claude_desktop_config_is_a_valid_host_entry():
     entry = json.loads((EXAMPLES / "claude_desktop_config.json").read_text())["mcpServers"]["gpt-oss"]
     assert entry["command"].endswith("gptoss-mcp") and entry["args"][0] == "serve"
+
+
+# Stands in for llama.cpp's llama-bench (a 17-minute build): answers `-o json` in its output format
+# with fixed speeds and logs its arguments, so the harness's interleaving and arithmetic are checked;
+# BENCHMARKS.md records the comparison against the real binary.
+LLAMA_BENCH_STAND_IN = '''
+import json, sys
+with open(sys.argv[0] + ".log", "a") as log:
+    log.write(" ".join(sys.argv[1:]) + "\\n")
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+tests = [{"n_prompt": int(p), "n_gen": 0, "samples_ts": [2.0, 4.0]} for p in args["-p"].split(",")]
+tests.append({"n_prompt": 0, "n_gen": int(args["-n"]), "samples_ts": [1.0, 0.5]})
+print(json.dumps(tests))
+'''
+
+
+def test_compare_llama_cpp_example_interleaves_rounds_and_divides_best_by_best(tiny_dir, tmp_path):
+    stand_in = tmp_path / "llama-bench"
+    stand_in.write_text(f"#!{sys.executable}\n{LLAMA_BENCH_STAND_IN}")
+    stand_in.chmod(0o755)
+    command = [sys.executable, str(EXAMPLES / "compare_llama_cpp.py"), "--model", str(tiny_dir), "--gguf", "m.gguf",
+               "--llama-bench", str(stand_in), "--prompt-tokens", "6", "9", "--gen-tokens", "2", "--repeats", "1",
+               "--rounds", "2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "GPTOSS_CACHE_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert len(report["rounds"]) == 2
+    assert (tmp_path / "llama-bench.log").read_text().splitlines() == ["-m m.gguf -t 2 -p 6,9 -n 2 -r 1 -o json"] * 2
+    ours = report["best_tokens_per_second"]["gptoss_mcp"]
+    assert report["best_tokens_per_second"]["llama_cpp"] == {"prompt_6": 4.0, "prompt_9": 4.0, "decode": 1.0}
+    assert ours["decode"] == max(r["gptoss_mcp"]["tokens_per_second"]["decode"] for r in report["rounds"]) > 0
+    assert report["ratio"] == {"prompt_6": round(ours["prompt_6"] / 4.0, 3),
+                               "prompt_9": round(ours["prompt_9"] / 4.0, 3), "decode": round(ours["decode"], 3)}
