@@ -30,6 +30,10 @@
 // stores value·2^(s-127) (exact). The two paths round differently (both within float32 accuracy),
 // so a token's output can change in the last bits with the number of tokens sharing its experts,
 // never with the thread count. Without AVX2 a scalar fallback (natural order, row_dot only) is used.
+//
+// With bf16 inputs on CPUs with AVX-512 BF16 the same structure runs on the kernels of
+// moe_mxfp4_bf16.h (FP4 decoded straight to bf16, vdpbf16ps: 32 exact products per instruction);
+// GPTOSS_CPU_ISA=avx2 selects the AVX2 kernels instead. The Path structs below are the two sets.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -39,6 +43,7 @@
 
 #include "../check.h"
 #include "../mxfp4.h"
+#include "moe_mxfp4_bf16.h"
 #include "vec.h"
 
 namespace gptoss {
@@ -75,12 +80,12 @@ int chunk_position(int c) {
 
 struct ChunkLayout {
   int pos[kChunk];
-  ChunkLayout() {
-    for (int c = 0; c < kChunk; ++c) pos[c] = chunk_position(c);
+  explicit ChunkLayout(int (*position)(int)) {
+    for (int c = 0; c < kChunk; ++c) pos[c] = position(c);
   }
 };
 const ChunkLayout& layout() {
-  static const ChunkLayout l;
+  static const ChunkLayout l(chunk_position);
   return l;
 }
 
@@ -235,6 +240,18 @@ struct GemmScratch {
   std::vector<float> acc;      // [kRowTile, m, 8]
 };
 
+// Rows are read in K-step slices, a pattern the hardware prefetcher does not follow: fetches the next
+// tile (the `rows` rows from r1, contiguous after this one) into L2, a share of it per K-step.
+inline void prefetch_next_tile(const Mxfp4Matrix& w, int64_t e, int64_t r1, int64_t rows, int64_t step, int64_t steps) {
+  if (r1 + rows > w.rows) return;
+  const int64_t bytes = rows * w.nb * kMxfp4BlockBytes, share = (bytes + steps - 1) / steps;
+  const char* next = reinterpret_cast<const char*>(w.row_blocks(e, r1));
+  for (int64_t i = step * share; i < std::min(bytes, (step + 1) * share); i += 64) _mm_prefetch(next + i, _MM_HINT_T1);
+  const char* next_scales = reinterpret_cast<const char*>(w.row_scales(e, r1));
+  if (step == 0)
+    for (int64_t i = 0; i < rows * w.nb; i += 64) _mm_prefetch(next_scales + i, _MM_HINT_T1);
+}
+
 // c[(r - r0)·m + t] = W[e][r]·x_t, rows [r0, r1) (r1 - r0 = kRowTile), m ≥ 1 tokens: each K-step of the
 // tile is decoded once into an L1-sized float32 buffer and reused by every token.
 void tile_product_gemm(const Mxfp4Matrix& w, int64_t e, int64_t r0, int64_t r1, const float* const* x, int64_t m,
@@ -245,18 +262,7 @@ void tile_product_gemm(const Mxfp4Matrix& w, int64_t e, int64_t r0, int64_t r1, 
   for (int64_t k0 = 0; k0 < nb; k0 += kGemmStepBlocks) {
     const int64_t k1 = std::min(nb, k0 + kGemmStepBlocks);
     const int64_t kc = (k1 - k0 + 1) / 2 * kChunk;  // whole chunks: a lone last block is zero padded
-    // Rows are read in K-step slices, a pattern the hardware prefetcher does not follow: fetch the
-    // next tile (contiguous after this one) into L2, a share of it per K-step.
-    if (r1 + rows <= w.rows) {
-      const int64_t steps = (nb + kGemmStepBlocks - 1) / kGemmStepBlocks, step = k0 / kGemmStepBlocks;
-      const int64_t bytes = rows * nb * kMxfp4BlockBytes, share = (bytes + steps - 1) / steps;
-      const char* next = reinterpret_cast<const char*>(w.row_blocks(e, r1));
-      for (int64_t i = step * share; i < std::min(bytes, (step + 1) * share); i += 64)
-        _mm_prefetch(next + i, _MM_HINT_T1);
-      const char* next_scales = reinterpret_cast<const char*>(w.row_scales(e, r1));
-      if (step == 0)
-        for (int64_t i = 0; i < rows * nb; i += 64) _mm_prefetch(next_scales + i, _MM_HINT_T1);
-    }
+    prefetch_next_tile(w, e, r1, rows, k0 / kGemmStepBlocks, (nb + kGemmStepBlocks - 1) / kGemmStepBlocks);
     for (int64_t r = r0; r < r1; ++r)
       decode_row(w.row_blocks(e, r), w.row_scales(e, r), k0, k1, s.weights.data() + (r - r0) * kc_max);
     const int64_t koff = k0 * kMxfp4Block;
@@ -316,35 +322,111 @@ void group_product(const Mxfp4Matrix& w, int64_t e, int64_t r0, int64_t r1, cons
     for (int t = 0; t < MT; ++t) c[r * m + t0 + t] = lanes_sum(acc + (r * MT + t) * kLanes);
 }
 
-// c[(r - r0)·m + t] = W[e][r]·x_t for the tile's rows and the m tokens routed to expert e: in
-// registers for a few tokens, through a decoded K-step buffer for more (AVX2 builds).
-void tile_product(const Mxfp4Matrix& w, int64_t e, int64_t r0, int64_t r1, const float* const* x, int64_t m,
-                  float* c, float* acc, GemmScratch& scratch) {
+// The float32 path (AVX2, or the scalar fallback): rows of float32 in the chunk layout.
+struct FloatPath {
+  using Value = float;
+  static const ChunkLayout& chunk_layout() { return layout(); }
+  static float store(float v) { return v; }
+
+  struct Scratch {
+    std::vector<float> acc = std::vector<float>(kRowTile * kMaxGroup * kLanes);
+    GemmScratch gemm;
+  };
+
+  // c[(r - r0)·m + t] = W[e][r]·x_t for the tile's rows and the m tokens routed to expert e: in
+  // registers for a few tokens, through a decoded K-step buffer for more (AVX2 builds).
+  static void tile_product(const Mxfp4Matrix& w, int64_t e, int64_t r0, int64_t r1, const float* const* x, int64_t m,
+                           float* c, Scratch& s) {
 #if GPTOSS_AVX2
-  if (m >= kGemmMinTokens) return tile_product_gemm(w, e, r0, r1, x, m, c, scratch);
-#else
-  (void)scratch;
+    if (m >= kGemmMinTokens) return tile_product_gemm(w, e, r0, r1, x, m, c, s.gemm);
 #endif
-  for (int64_t t0 = 0; t0 < m; t0 += kMaxGroup) {
-    switch (std::min<int64_t>(kMaxGroup, m - t0)) {
-      case 1: group_product<1>(w, e, r0, r1, x, m, t0, c, acc); break;
-      case 2: group_product<2>(w, e, r0, r1, x, m, t0, c, acc); break;
-      case 3: group_product<3>(w, e, r0, r1, x, m, t0, c, acc); break;
-      default: group_product<4>(w, e, r0, r1, x, m, t0, c, acc); break;
+    for (int64_t t0 = 0; t0 < m; t0 += kMaxGroup) {
+      switch (std::min<int64_t>(kMaxGroup, m - t0)) {
+        case 1: group_product<1>(w, e, r0, r1, x, m, t0, c, s.acc.data()); break;
+        case 2: group_product<2>(w, e, r0, r1, x, m, t0, c, s.acc.data()); break;
+        case 3: group_product<3>(w, e, r0, r1, x, m, t0, c, s.acc.data()); break;
+        default: group_product<4>(w, e, r0, r1, x, m, t0, c, s.acc.data()); break;
+      }
     }
   }
-}
+};
 
-// Copies rows of x (float32 or bf16) into float32 rows of `width` (a whole number of chunks) in the
+#if GPTOSS_AVX2 && GPTOSS_HAVE_AVX512_BF16_KERNELS
+// The bf16 path (inputs that are bf16 values, AVX-512 BF16 CPUs): rows of bf16 words in pair_position
+// order; kernels in moe_mxfp4_bf16.h.
+struct Bf16Path {
+  using Value = uint16_t;
+  static const ChunkLayout& chunk_layout() {
+    static const ChunkLayout l(moe_bf16::pair_position);
+    return l;
+  }
+  static uint16_t store(float v) { return c10::BFloat16(v).x; }  // v is already a bf16 value
+
+  struct Scratch {
+    std::vector<uint16_t> weights;  // [kRowTile, kBf16StepBlocks·32]: one decoded, scaled K-step
+    std::vector<float> acc;         // [kRowTile, m, 16]
+  };
+  static constexpr int64_t kStepBlocks = 16;  // K-step: 16 rows × 512 bf16 values = 16 KB
+
+  GPTOSS_AVX512_BF16 static void tile_product(const Mxfp4Matrix& w, int64_t e, int64_t r0, int64_t r1,
+                                              const uint16_t* const* x, int64_t m, float* c, Scratch& s) {
+    if (m >= kGemmMinTokens) return tile_product_gemm(w, e, r0, r1, x, m, c, s);
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t t0 = 0; t0 < m; t0 += 3) {
+        float* out = c + (r - r0) * m + t0;
+        switch (std::min<int64_t>(3, m - t0)) {
+          case 1: moe_bf16::row_dot<1>(w.row_blocks(e, r), w.row_scales(e, r), w.nb, x + t0, out, 1); break;
+          case 2: moe_bf16::row_dot<2>(w.row_blocks(e, r), w.row_scales(e, r), w.nb, x + t0, out, 1); break;
+          default: moe_bf16::row_dot<3>(w.row_blocks(e, r), w.row_scales(e, r), w.nb, x + t0, out, 1); break;
+        }
+      }
+    }
+  }
+
+  // As the float32 tile_product_gemm, with a bf16 K-step buffer and 4 rows × 6 tokens per register tile.
+  GPTOSS_AVX512_BF16 static void tile_product_gemm(const Mxfp4Matrix& w, int64_t e, int64_t r0, int64_t r1,
+                                                   const uint16_t* const* x, int64_t m, float* c, Scratch& s) {
+    const int64_t rows = r1 - r0, nb = w.nb, kc_max = kStepBlocks * kMxfp4Block;
+    s.weights.resize(kRowTile * kc_max);
+    s.acc.assign(rows * m * 16, 0.0f);
+    for (int64_t k0 = 0; k0 < nb; k0 += kStepBlocks) {
+      const int64_t k1 = std::min(nb, k0 + kStepBlocks);
+      const int64_t kc = (k1 - k0 + 1) / 2 * kChunk;  // whole chunks: a lone last block is zero padded
+      prefetch_next_tile(w, e, r1, rows, k0 / kStepBlocks, (nb + kStepBlocks - 1) / kStepBlocks);
+      for (int64_t r = r0; r < r1; ++r)
+        moe_bf16::decode_scaled(w.row_blocks(e, r), w.row_scales(e, r), k0, k1, s.weights.data() + (r - r0) * kc_max);
+      const int64_t koff = k0 * kMxfp4Block;
+      for (int64_t t0 = 0; t0 < m; t0 += 6) {
+        for (int64_t rg = 0; rg < rows; rg += 4) {
+          const uint16_t* wp = s.weights.data() + rg * kc_max;
+          float* ap = s.acc.data() + (rg * m + t0) * 16;
+          switch (std::min<int64_t>(6, m - t0)) {
+            case 1: moe_bf16::gemm_4xt<1>(wp, kc_max, x + t0, koff, kc, ap, m * 16); break;
+            case 2: moe_bf16::gemm_4xt<2>(wp, kc_max, x + t0, koff, kc, ap, m * 16); break;
+            case 3: moe_bf16::gemm_4xt<3>(wp, kc_max, x + t0, koff, kc, ap, m * 16); break;
+            case 4: moe_bf16::gemm_4xt<4>(wp, kc_max, x + t0, koff, kc, ap, m * 16); break;
+            case 5: moe_bf16::gemm_4xt<5>(wp, kc_max, x + t0, koff, kc, ap, m * 16); break;
+            default: moe_bf16::gemm_4xt<6>(wp, kc_max, x + t0, koff, kc, ap, m * 16); break;
+          }
+        }
+      }
+    }
+    for (int64_t i = 0; i < rows * m; ++i) c[i] = moe_bf16::lanes_sum(s.acc.data() + i * 16);
+  }
+};
+#endif
+
+// Copies rows of x (float32 or bf16) into rows of `width` (a whole number of chunks) in the path's
 // chunk layout, zero padded.
-template <typename T>
-void to_chunk_layout(const T* x, int64_t rows, int64_t dim, int64_t width, float* out) {
-  const ChunkLayout& l = layout();
+template <typename Path, typename T>
+void to_chunk_layout(const T* x, int64_t rows, int64_t dim, int64_t width, typename Path::Value* out) {
+  const ChunkLayout& l = Path::chunk_layout();
   at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(dim, 1)), [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
-      float* o = out + n * width;
-      std::fill(o, o + width, 0.0f);
-      for (int64_t i = 0; i < dim; ++i) o[i / kChunk * kChunk + l.pos[i % kChunk]] = static_cast<float>(x[n * dim + i]);
+      typename Path::Value* o = out + n * width;
+      std::fill(o, o + width, typename Path::Value(0));
+      for (int64_t i = 0; i < dim; ++i)
+        o[i / kChunk * kChunk + l.pos[i % kChunk]] = Path::store(static_cast<float>(x[n * dim + i]));
     }
   });
 }
@@ -393,8 +475,10 @@ inline float swiglu(float gate, float up, float alpha, float limit) {
   return g * (1.0f / (1.0f + std::exp(-(alpha * g)))) * (u + 1.0f);
 }
 
-// xc: x in the chunk layout [N, Dp]. out: [N, D] float32, overwritten.
-void moe_forward(const Problem& pb, const float* xc, float* out) {
+// xc: x in the path's chunk layout [N, Dp]. out: [N, D] float32, overwritten.
+template <typename Path>
+void moe_forward(const Problem& pb, const typename Path::Value* xc, float* out) {
+  using Value = typename Path::Value;
   const int64_t N = pb.N, A = pb.A, D = pb.D, I = pb.I, P = N * A;
   const int64_t Dp = padded(D), Ip = padded(I);
   const Routing routing = group_by_expert(pb.ids, P, pb.E);
@@ -403,13 +487,13 @@ void moe_forward(const Problem& pb, const float* xc, float* out) {
   if (P == 0) return;
 
   // x rows of each pair, grouped by expert; act rows are simply the grouped pair index.
-  std::vector<const float*> x_rows(P), act_rows(P);
-  std::vector<float> act(static_cast<size_t>(P) * Ip, 0.0f);  // [P, Ip] in the chunk layout, zero padded
+  std::vector<const Value*> x_rows(P), act_rows(P);
+  std::vector<Value> act(static_cast<size_t>(P) * Ip, Value(0));  // [P, Ip] in the chunk layout, zero padded
   for (int64_t q = 0; q < P; ++q) {
     x_rows[q] = xc + (routing.order[q] / A) * Dp;
     act_rows[q] = act.data() + q * Ip;
   }
-  const ChunkLayout& l = layout();
+  const ChunkLayout& l = Path::chunk_layout();
   const int64_t max_m = [&] {
     int64_t best = 0;
     for (int64_t i = 0; i < used; ++i) best = std::max(best, routing.begin[i + 1] - routing.begin[i]);
@@ -420,21 +504,21 @@ void moe_forward(const Problem& pb, const float* xc, float* out) {
   const int64_t tiles1 = (2 * I + kRowTile - 1) / kRowTile;
   const int64_t grain1 = std::max<int64_t>(1, kMinParallelWork / std::max<int64_t>(1, kRowTile * D * P));
   at::parallel_for(0, tiles1, grain1, [&](int64_t begin, int64_t end) {
-    std::vector<float> c(kRowTile * max_m), acc(kRowTile * kMaxGroup * kLanes);
-    GemmScratch scratch;
+    std::vector<float> c(kRowTile * max_m);
+    typename Path::Scratch scratch;
     for (int64_t i = 0; i < used; ++i) {
       const int64_t e = routing.experts[i], q0 = routing.begin[i], m = routing.begin[i + 1] - q0;
       const float* b1e = pb.b1 + e * 2 * I;
       for (int64_t tile = begin; tile < end; ++tile) {
         const int64_t r0 = tile * kRowTile, r1 = std::min(2 * I, r0 + kRowTile);
-        tile_product(pb.w1, e, r0, r1, x_rows.data() + q0, m, c.data(), acc.data(), scratch);
+        Path::tile_product(pb.w1, e, r0, r1, x_rows.data() + q0, m, c.data(), scratch);
         for (int64_t t = 0; t < m; ++t) {
-          float* a = act.data() + (q0 + t) * Ip;
+          Value* a = act.data() + (q0 + t) * Ip;
           for (int64_t r = r0; r < r1; r += 2) {
             const int64_t j = r / 2;
             float v = swiglu(c[(r - r0) * m + t] + b1e[r], c[(r + 1 - r0) * m + t] + b1e[r + 1], pb.alpha, pb.limit);
             if (pb.act_bf16) v = static_cast<float>(c10::BFloat16(v));
-            a[j / kChunk * kChunk + l.pos[j % kChunk]] = v;
+            a[j / kChunk * kChunk + l.pos[j % kChunk]] = Path::store(v);
           }
         }
       }
@@ -445,14 +529,14 @@ void moe_forward(const Problem& pb, const float* xc, float* out) {
   const int64_t tiles2 = (D + kRowTile - 1) / kRowTile;
   const int64_t grain2 = std::max<int64_t>(1, kMinParallelWork / std::max<int64_t>(1, kRowTile * I * P));
   at::parallel_for(0, tiles2, grain2, [&](int64_t begin, int64_t end) {
-    std::vector<float> c(kRowTile * max_m), acc(kRowTile * kMaxGroup * kLanes);
-    GemmScratch scratch;
+    std::vector<float> c(kRowTile * max_m);
+    typename Path::Scratch scratch;
     for (int64_t i = 0; i < used; ++i) {
       const int64_t e = routing.experts[i], q0 = routing.begin[i], m = routing.begin[i + 1] - q0;
       const float* b2e = pb.b2 + e * D;
       for (int64_t tile = begin; tile < end; ++tile) {
         const int64_t r0 = tile * kRowTile, r1 = std::min(D, r0 + kRowTile);
-        tile_product(pb.w2, e, r0, r1, act_rows.data() + q0, m, c.data(), acc.data(), scratch);
+        Path::tile_product(pb.w2, e, r0, r1, act_rows.data() + q0, m, c.data(), scratch);
         for (int64_t t = 0; t < m; ++t) {
           const int64_t pair = routing.order[q0 + t];
           const float w = pb.weights[pair];
@@ -535,12 +619,20 @@ at::Tensor moe_mxfp4_cpu(const at::Tensor& x, const at::Tensor& expert_ids, cons
   pb.limit = static_cast<float>(swiglu_limit);
   pb.act_bf16 = x.scalar_type() == at::kBFloat16;
 
+#if GPTOSS_AVX2 && GPTOSS_HAVE_AVX512_BF16_KERNELS
+  if (pb.act_bf16 && moe_bf16::enabled()) {
+    std::vector<uint16_t> x_chunks(static_cast<size_t>(N) * padded(D));
+    to_chunk_layout<Bf16Path>(xc.data_ptr<c10::BFloat16>(), N, D, padded(D), x_chunks.data());
+    moe_forward<Bf16Path>(pb, x_chunks.data(), out.data_ptr<float>());
+    return out;
+  }
+#endif
   std::vector<float> x_chunks(static_cast<size_t>(N) * padded(D));
   if (pb.act_bf16)
-    to_chunk_layout(xc.data_ptr<c10::BFloat16>(), N, D, padded(D), x_chunks.data());
+    to_chunk_layout<FloatPath>(xc.data_ptr<c10::BFloat16>(), N, D, padded(D), x_chunks.data());
   else
-    to_chunk_layout(xc.data_ptr<float>(), N, D, padded(D), x_chunks.data());
-  moe_forward(pb, x_chunks.data(), out.data_ptr<float>());
+    to_chunk_layout<FloatPath>(xc.data_ptr<float>(), N, D, padded(D), x_chunks.data());
+  moe_forward<FloatPath>(pb, x_chunks.data(), out.data_ptr<float>());
   return out;
 }
 

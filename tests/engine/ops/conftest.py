@@ -24,3 +24,25 @@ def extension():
 
     assert module.load(), "the C++ ops extension did not build or load; see the log"
     return module
+
+
+def cpu_has_avx512_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16"} <= set(flags)
+
+
+@pytest.fixture(params=["avx2", "avx512_bf16"])
+def cpu_isa(request, monkeypatch):
+    """Runs a test once with the AVX2 kernels (GPTOSS_CPU_ISA=avx2, which the kernels read on every
+    call) and once with the AVX-512 BF16 kernels where the CPU has them."""
+    if request.param == "avx2":
+        monkeypatch.setenv("GPTOSS_CPU_ISA", "avx2")
+    elif not cpu_has_avx512_bf16():
+        pytest.skip("this CPU has no AVX-512 BF16: the AVX2 kernels are the ones it runs")
+    else:
+        monkeypatch.delenv("GPTOSS_CPU_ISA", raising=False)
+    return request.param

@@ -5,9 +5,10 @@ products to the compute dtype (the reference's F.linear does round them in bfloa
 compared with the float64 truth of tests/engine/ops/test_moe.py under the same bounds the reference
 meets there, and with the reference under the sum of both allowances. The grid crosses the kernel's
 two paths: experts with fewer than 4 routed tokens run the in-register path (up to 3 tokens share a
-decoded row), experts with 4 or more the buffered K-step path (4 rows × 3 tokens per register tile,
-so token counts of every residue mod 3 are covered); odd block counts exercise the zero-padded last
-chunk and D = 2880 exercises several K-steps.
+decoded row), experts with 4 or more the buffered K-step path (4 rows × 3 tokens per register tile
+in float32, 4 × 6 with AVX-512 BF16, so token counts of every residue mod 6 are covered); odd block
+counts exercise the zero-padded last chunk and D = 2880 exercises several K-steps. Every test runs
+on both instruction sets (the `cpu_isa` fixture).
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ from tests.engine.ops.test_moe import (ALPHA, LIMIT, SILU_SLOPE, _assert_clamp_e
                                        naive_moe, plain_bf16_moe)
 
 GEMM_MIN_TOKENS = 4  # kGemmMinTokens in moe_mxfp4.cpp: the switch between the two paths
+
+
+@pytest.fixture(autouse=True)
+def _both_instruction_sets(cpu_isa):
+    """Every test here runs on the AVX2 kernels and on the AVX-512 BF16 ones (bf16 inputs)."""
 
 # (E, A, N, D, I): D and I multiples of 32, none a power of two; D/32 and I/32 are odd except for 2880.
 GRID = [
@@ -55,7 +61,20 @@ def test_grid_crosses_both_paths_and_repeats_experts():
             assert per_expert.max() > 1  # some expert serves several tokens
     small = {m for m in counts if m < GEMM_MIN_TOKENS}
     assert small == {1, 2, 3}, small
-    assert {m % 3 for m in counts if m >= GEMM_MIN_TOKENS} == {0, 1, 2}
+    assert {m % 6 for m in counts if m >= GEMM_MIN_TOKENS} == {0, 1, 2, 3, 4, 5}
+
+
+def test_bf16_inputs_take_the_avx512_bf16_kernels_where_the_cpu_has_them(extension, cpu_isa, monkeypatch):
+    # The two instruction sets sum in different orders: bitwise different, both within the bounds above.
+    if cpu_isa != "avx512_bf16":
+        pytest.skip("compares the AVX-512 BF16 kernels with the AVX2 ones")
+    for N in (1, 33):  # in-register and buffered paths
+        args, _ = make_case(32, 4, N, 2880, 160, seed=N, dtype=torch.bfloat16)
+        native = extension.moe_mxfp4(*args)
+        monkeypatch.setenv("GPTOSS_CPU_ISA", "avx2")
+        avx2 = extension.moe_mxfp4(*args)
+        monkeypatch.delenv("GPTOSS_CPU_ISA")
+        assert not torch.equal(native, avx2)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
