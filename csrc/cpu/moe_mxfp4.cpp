@@ -351,7 +351,7 @@ struct FloatPath {
   }
 };
 
-#if GPTOSS_AVX2 && GPTOSS_HAVE_AVX512_BF16_KERNELS
+#if GPTOSS_HAVE_AVX512_BF16_KERNELS
 // The bf16 path (inputs that are bf16 values, AVX-512 BF16 CPUs): rows of bf16 words in pair_position
 // order; kernels in moe_mxfp4_bf16.h.
 struct Bf16Path {
@@ -619,8 +619,8 @@ at::Tensor moe_mxfp4_cpu(const at::Tensor& x, const at::Tensor& expert_ids, cons
   pb.limit = static_cast<float>(swiglu_limit);
   pb.act_bf16 = x.scalar_type() == at::kBFloat16;
 
-#if GPTOSS_AVX2 && GPTOSS_HAVE_AVX512_BF16_KERNELS
-  if (pb.act_bf16 && moe_bf16::enabled()) {
+#if GPTOSS_HAVE_AVX512_BF16_KERNELS
+  if (pb.act_bf16 && avx512_bf16_enabled()) {
     std::vector<uint16_t> x_chunks(static_cast<size_t>(N) * padded(D));
     to_chunk_layout<Bf16Path>(xc.data_ptr<c10::BFloat16>(), N, D, padded(D), x_chunks.data());
     moe_forward<Bf16Path>(pb, x_chunks.data(), out.data_ptr<float>());

@@ -15,35 +15,20 @@
 //    then multiplied by the block's 2^(s-127) and added up.
 //  - Many tokens: a tile's K-step is decoded once with the scale folded into the bf16 words (an
 //    exponent add, exact) into a buffer shared by all tokens (gemm_4xt).
-// The functions carry their own target attribute, so the file compiles with the AVX2 flags of the
-// rest of the extension; callers must check cpu_has_avx512_bf16() first.
+// Callers check avx512_bf16_enabled() (vec.h) first.
 #pragma once
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
+#include "vec.h"
 
+#if GPTOSS_HAVE_AVX512_BF16_KERNELS
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 
 #include "../mxfp4.h"
 
-#define GPTOSS_HAVE_AVX512_BF16_KERNELS 1
-#define GPTOSS_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
-
 namespace gptoss {
 namespace moe_bf16 {
-
-// True when this CPU runs the kernels below and GPTOSS_CPU_ISA does not ask for the AVX2 path
-// (read on every call, so a test or a user can switch paths without rebuilding).
-inline bool enabled() {
-  static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-                                __builtin_cpu_supports("avx512bf16");
-  const char* isa = std::getenv("GPTOSS_CPU_ISA");
-  return supported && !(isa != nullptr && std::strcmp(isa, "avx2") == 0);
-}
 
 constexpr int64_t kChunk = 2 * kMxfp4Block;  // values per decoding step: two blocks
 

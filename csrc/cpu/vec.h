@@ -1,4 +1,4 @@
-// Small CPU helpers: bf16 <-> fp32 and AVX2 building blocks (with scalar fallbacks).
+// Small CPU helpers: bf16 <-> fp32, AVX2 building blocks (with scalar fallbacks), AVX-512 BF16 dispatch.
 #pragma once
 #include <c10/util/BFloat16.h>
 #include <cstdint>
@@ -8,9 +8,29 @@
 #define GPTOSS_AVX2 1
 #endif
 
+// AVX-512 BF16 kernels carry this target attribute, so they compile with the AVX2 flags of the rest
+// of the extension; callers must check avx512_bf16_enabled() first.
+#if GPTOSS_AVX2 && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cstdlib>
+#define GPTOSS_HAVE_AVX512_BF16_KERNELS 1
+#define GPTOSS_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+#endif
+
 namespace gptoss {
 
 inline float bf16_to_float(c10::BFloat16 v) { return static_cast<float>(v); }
+
+#if GPTOSS_HAVE_AVX512_BF16_KERNELS
+// True when this CPU runs the AVX-512 BF16 kernels and GPTOSS_CPU_ISA does not ask for the AVX2 ones
+// (read on every call, so a test or a user can switch without rebuilding).
+inline bool avx512_bf16_enabled() {
+  static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                                __builtin_cpu_supports("avx512bf16");
+  const char* isa = std::getenv("GPTOSS_CPU_ISA");
+  return supported && !(isa != nullptr && std::strcmp(isa, "avx2") == 0);
+}
+#endif
 
 #if GPTOSS_AVX2
 // 8 bf16 values -> 8 fp32: a bf16 is the top half of an fp32.

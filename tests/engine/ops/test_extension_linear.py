@@ -15,9 +15,16 @@ from engine.ops import reference
 
 from tests.engine.ops.naive import U32, U_BF16
 
-ROWS = [1, 2, 3, 5, 17, 130]  # few rows take the streaming kernel, many the sgemm path
+
+@pytest.fixture(autouse=True)
+def _both_instruction_sets(cpu_isa):
+    """Every test here runs on the AVX2 kernels and on the AVX-512 BF16 ones."""
+
+# Few rows take the streaming kernel, many the sgemm path (or, for bf16 weights on AVX-512 BF16 CPUs,
+# 4 W rows × 6 x rows register tiles: 9, 12, 13, 17 and 130 leave every remainder mod 6).
+ROWS = [1, 2, 3, 5, 9, 12, 13, 17, 130]
 # (in, out): in below one vector (all tail), odd sizes, and a model width whose 600 rows span
-# several widened blocks in the sgemm path.
+# several widened blocks in the sgemm path (and several 64-row tasks in the bf16 one).
 SIZES = [(1, 1), (13, 5), (97, 33), (2880, 600)]
 
 

@@ -1,0 +1,93 @@
+// bf16 matrix products with AVX-512 BF16 (vdpbf16ps) for many rows of x: the prompt-processing path
+// of linear (bf16 weights) and of the MXFP4 experts (decoded to bf16).
+//
+// Layout (what vdpbf16ps wants): a panel of 32 weight rows is packed as [kp][32 rows] dwords, each
+// dword the bf16 pair (W[r][2kp], W[r][2kp+1]); an x row stays in natural order, so the pair
+// (x[2kp], x[2kp+1]) is one 32-bit broadcast. Per pair index kp a tile of 32 rows × TT x rows takes 2
+// weight loads, TT broadcasts and 2·TT vdpbf16ps (64 exact products each, float32 sums), with the
+// 2·TT accumulators in registers. Measured on the 2-core Zen 4 VM: ~95% of the instruction's peak
+// from L1, where the dot-product form (a row of W against a row of x, horizontal sums at the end)
+// stalled at ~40%.
+#pragma once
+
+#include "vec.h"
+
+#if GPTOSS_HAVE_AVX512_BF16_KERNELS
+#include <algorithm>
+#include <cstdint>
+
+namespace gptoss {
+namespace gemm_bf16 {
+
+constexpr int kPanelRows = 32;  // weight rows per packed panel: two 16-lane accumulators per x row
+constexpr int kMaxTokens = 12;  // x rows per register tile: 24 accumulators + 2 weights + 1 broadcast
+
+// out[kp·32 + r] = (W[r][2(kp0 + kp)], W[r][2(kp0 + kp) + 1]) for kp < kps, rows r < rows (≤ 32) of w
+// (row stride ldw words, `in` words per row); missing rows and the word past an odd `in` are zero.
+inline void pack_panel(const uint16_t* w, int64_t ldw, int64_t rows, int64_t in, int64_t kp0, int64_t kps,
+                       uint32_t* out) {
+  for (int64_t r = 0; r < kPanelRows; ++r) {
+    if (r >= rows) {
+      for (int64_t kp = 0; kp < kps; ++kp) out[kp * kPanelRows + r] = 0;
+      continue;
+    }
+    const uint16_t* row = w + r * ldw;
+    for (int64_t kp = 0; kp < kps; ++kp) {
+      const int64_t k = 2 * (kp0 + kp);
+      out[kp * kPanelRows + r] = row[k] | (k + 1 < in ? static_cast<uint32_t>(row[k + 1]) << 16 : 0u);
+    }
+  }
+}
+
+// acc[t][r] += Σ_kp wp[kp][r] · x_t pair kp, for kps pairs, 32 rows and TT x rows (x[t] points at the
+// first pair; rows of even length, so the last pair is inside the row). acc: [TT][32] floats.
+template <int TT>
+GPTOSS_AVX512_BF16 inline void tile(const uint32_t* wp, int64_t kps, const uint16_t* const* x, float* acc) {
+  __m512 a[TT][2];
+  for (int t = 0; t < TT; ++t) {
+    a[t][0] = _mm512_loadu_ps(acc + t * kPanelRows);
+    a[t][1] = _mm512_loadu_ps(acc + t * kPanelRows + 16);
+  }
+  for (int64_t kp = 0; kp < kps; ++kp) {
+    const __m512i w0 = _mm512_loadu_si512(wp + kp * kPanelRows), w1 = _mm512_loadu_si512(wp + kp * kPanelRows + 16);
+    for (int t = 0; t < TT; ++t) {
+      int32_t pair;
+      std::memcpy(&pair, x[t] + 2 * kp, sizeof(pair));
+      const __m512i xb = _mm512_set1_epi32(pair);
+      a[t][0] = _mm512_dpbf16_ps(a[t][0], (__m512bh)w0, (__m512bh)xb);
+      a[t][1] = _mm512_dpbf16_ps(a[t][1], (__m512bh)w1, (__m512bh)xb);
+    }
+  }
+  for (int t = 0; t < TT; ++t) {
+    _mm512_storeu_ps(acc + t * kPanelRows, a[t][0]);
+    _mm512_storeu_ps(acc + t * kPanelRows + 16, a[t][1]);
+  }
+}
+
+// acc[t][r] += panel · x_t for m x rows, in register tiles of up to kMaxTokens rows.
+GPTOSS_AVX512_BF16 inline void panel_times_rows(const uint32_t* wp, int64_t kps, const uint16_t* const* x, int64_t m,
+                                                float* acc) {
+  for (int64_t t0 = 0; t0 < m; t0 += kMaxTokens) {
+    const uint16_t* const* xt = x + t0;
+    float* at = acc + t0 * kPanelRows;
+    switch (std::min<int64_t>(kMaxTokens, m - t0)) {
+      case 1: tile<1>(wp, kps, xt, at); break;
+      case 2: tile<2>(wp, kps, xt, at); break;
+      case 3: tile<3>(wp, kps, xt, at); break;
+      case 4: tile<4>(wp, kps, xt, at); break;
+      case 5: tile<5>(wp, kps, xt, at); break;
+      case 6: tile<6>(wp, kps, xt, at); break;
+      case 7: tile<7>(wp, kps, xt, at); break;
+      case 8: tile<8>(wp, kps, xt, at); break;
+      case 9: tile<9>(wp, kps, xt, at); break;
+      case 10: tile<10>(wp, kps, xt, at); break;
+      case 11: tile<11>(wp, kps, xt, at); break;
+      default: tile<12>(wp, kps, xt, at); break;
+    }
+  }
+}
+
+}  // namespace gemm_bf16
+}  // namespace gptoss
+
+#endif
