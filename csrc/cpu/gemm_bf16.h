@@ -22,19 +22,55 @@ namespace gemm_bf16 {
 constexpr int kPanelRows = 32;  // weight rows per packed panel: two 16-lane accumulators per x row
 constexpr int kMaxTokens = 12;  // x rows per register tile: 24 accumulators + 2 weights + 1 broadcast
 
+// r[i] (16 dwords each) becomes column i of the 16×16 matrix whose rows were r[0..15].
+GPTOSS_AVX512_BF16 inline void transpose16x16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  // r[4q + j] now holds, per 128-bit lane L, rows 4q..4q+3 of column 4L + j
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);       // lanes 0, 2 of both
+    t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xDD);   // lanes 1, 3 of both
+    t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xDD);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);            // columns j, lane 0
+    r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xDD);        // lane 2
+    r[i + 4] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0x88);   // lane 1
+    r[i + 12] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0xDD);  // lane 3
+  }
+}
+
 // out[kp·32 + r] = (W[r][2(kp0 + kp)], W[r][2(kp0 + kp) + 1]) for kp < kps, rows r < rows (≤ 32) of w
 // (row stride ldw words, `in` words per row); missing rows and the word past an odd `in` are zero.
-inline void pack_panel(const uint16_t* w, int64_t ldw, int64_t rows, int64_t in, int64_t kp0, int64_t kps,
-                       uint32_t* out) {
-  for (int64_t r = 0; r < kPanelRows; ++r) {
-    if (r >= rows) {
-      for (int64_t kp = 0; kp < kps; ++kp) out[kp * kPanelRows + r] = 0;
-      continue;
+// Whole 16-row × 16-pair blocks inside the rows are transposed in registers, the rest one by one.
+GPTOSS_AVX512_BF16 inline void pack_panel(const uint16_t* w, int64_t ldw, int64_t rows, int64_t in, int64_t kp0,
+                                          int64_t kps, uint32_t* out) {
+  const int64_t whole_pairs = std::max<int64_t>(0, std::min(kps, in / 2 - kp0)) / 16 * 16;
+  for (int64_t h = 0; h < kPanelRows; h += 16) {
+    const bool full = h + 16 <= rows;
+    for (int64_t kp = 0; kp < (full ? whole_pairs : 0); kp += 16) {
+      __m512i r[16];
+      for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(w + (h + i) * ldw + 2 * (kp0 + kp));
+      transpose16x16(r);
+      for (int i = 0; i < 16; ++i) _mm512_storeu_si512(out + (kp + i) * kPanelRows + h, r[i]);
     }
-    const uint16_t* row = w + r * ldw;
-    for (int64_t kp = 0; kp < kps; ++kp) {
-      const int64_t k = 2 * (kp0 + kp);
-      out[kp * kPanelRows + r] = row[k] | (k + 1 < in ? static_cast<uint32_t>(row[k + 1]) << 16 : 0u);
+    for (int64_t r = h; r < h + 16; ++r) {
+      const uint16_t* row = w + r * ldw;
+      for (int64_t kp = full ? whole_pairs : 0; kp < kps; ++kp) {
+        const int64_t k = 2 * (kp0 + kp);
+        out[kp * kPanelRows + r] =
+            r < rows && k < in ? row[k] | (k + 1 < in ? static_cast<uint32_t>(row[k + 1]) << 16 : 0u) : 0u;
+      }
     }
   }
 }

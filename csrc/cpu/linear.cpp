@@ -96,7 +96,8 @@ void linear_stream(const float* x, int64_t rows, int64_t in, const W* w, int64_t
   const int64_t row_bytes = std::max<int64_t>(1, in * static_cast<int64_t>(sizeof(W)));
   const int64_t grain = std::max<int64_t>(1, kMinTaskBytes / row_bytes);
   at::parallel_for(0, out_features, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t j = begin; j < end; ++j) dot_rows(x, rows, in, w + j * ldw, bias ? bias[j] : 0.0f, y + j, out_features);
+    for (int64_t j = begin; j < end; ++j)
+      dot_rows(x, rows, in, w + j * ldw, bias ? bias[j] : 0.0f, y + j, out_features);
   });
 }
 
@@ -139,7 +140,8 @@ void linear_bf16(const uint16_t* x, int64_t rows, int64_t in, int64_t ldx, const
         gemm_bf16::panel_times_rows(packed.data(), kps, x_rows.data(), rows, acc.data());
       }
       for (int64_t t = 0; t < rows; ++t)
-        for (int64_t r = 0; r < n; ++r) y[t * out_features + j0 + r] = acc[t * kPanelRows + r] + (bias ? bias[j0 + r] : 0.0f);
+        for (int64_t r = 0; r < n; ++r)
+          y[t * out_features + j0 + r] = acc[t * kPanelRows + r] + (bias ? bias[j0 + r] : 0.0f);
     }
   });
 }

@@ -43,6 +43,7 @@
 
 #include "../check.h"
 #include "../mxfp4.h"
+#include "gemm_bf16.h"
 #include "moe_mxfp4_bf16.h"
 #include "vec.h"
 
@@ -325,6 +326,7 @@ void group_product(const Mxfp4Matrix& w, int64_t e, int64_t r0, int64_t r1, cons
 // The float32 path (AVX2, or the scalar fallback): rows of float32 in the chunk layout.
 struct FloatPath {
   using Value = float;
+  static constexpr int64_t kTileRows = kRowTile;
   static const ChunkLayout& chunk_layout() { return layout(); }
   static float store(float v) { return v; }
 
@@ -352,21 +354,26 @@ struct FloatPath {
 };
 
 #if GPTOSS_HAVE_AVX512_BF16_KERNELS
-// The bf16 path (inputs that are bf16 values, AVX-512 BF16 CPUs): rows of bf16 words in pair_position
-// order; kernels in moe_mxfp4_bf16.h.
+// The bf16 path (inputs that are bf16 values, AVX-512 BF16 CPUs): rows of bf16 words in element
+// order; kernels in moe_mxfp4_bf16.h (few tokens) and gemm_bf16.h (many).
+inline int element_order(int c) { return c; }
+
 struct Bf16Path {
   using Value = uint16_t;
+  static constexpr int64_t kTileRows = gemm_bf16::kPanelRows;
+  static constexpr int64_t kStepBlocks = 96;  // K-step: 32 rows × 3072 values (all of gpt-oss's 2880): L2
   static const ChunkLayout& chunk_layout() {
-    static const ChunkLayout l(moe_bf16::pair_position);
+    static const ChunkLayout l(element_order);
     return l;
   }
   static uint16_t store(float v) { return c10::BFloat16(v).x; }  // v is already a bf16 value
 
   struct Scratch {
-    std::vector<uint16_t> weights;  // [kRowTile, kBf16StepBlocks·32]: one decoded, scaled K-step
-    std::vector<float> acc;         // [kRowTile, m, 16]
+    std::vector<uint16_t> rows;     // [kTileRows, kStepBlocks·32]: one decoded, scaled K-step of the tile
+    std::vector<uint32_t> packed;   // the same as a gemm_bf16 panel
+    std::vector<float> acc;         // [m, kTileRows]
+    std::vector<const uint16_t*> x; // the tokens' rows at the K-step
   };
-  static constexpr int64_t kStepBlocks = 16;  // K-step: 16 rows × 512 bf16 values = 16 KB
 
   GPTOSS_AVX512_BF16 static void tile_product(const Mxfp4Matrix& w, int64_t e, int64_t r0, int64_t r1,
                                               const uint16_t* const* x, int64_t m, float* c, Scratch& s) {
@@ -383,35 +390,26 @@ struct Bf16Path {
     }
   }
 
-  // As the float32 tile_product_gemm, with a bf16 K-step buffer and 4 rows × 6 tokens per register tile.
+  // Each K-step of the tile is decoded (scaled) once, packed into a panel and applied to all m tokens.
   GPTOSS_AVX512_BF16 static void tile_product_gemm(const Mxfp4Matrix& w, int64_t e, int64_t r0, int64_t r1,
                                                    const uint16_t* const* x, int64_t m, float* c, Scratch& s) {
     const int64_t rows = r1 - r0, nb = w.nb, kc_max = kStepBlocks * kMxfp4Block;
-    s.weights.resize(kRowTile * kc_max);
-    s.acc.assign(rows * m * 16, 0.0f);
+    s.rows.resize(kTileRows * kc_max);
+    s.packed.resize(kc_max / 2 * kTileRows);
+    s.acc.assign(m * kTileRows, 0.0f);
+    s.x.resize(m);
     for (int64_t k0 = 0; k0 < nb; k0 += kStepBlocks) {
       const int64_t k1 = std::min(nb, k0 + kStepBlocks);
       const int64_t kc = (k1 - k0 + 1) / 2 * kChunk;  // whole chunks: a lone last block is zero padded
       prefetch_next_tile(w, e, r1, rows, k0 / kStepBlocks, (nb + kStepBlocks - 1) / kStepBlocks);
       for (int64_t r = r0; r < r1; ++r)
-        moe_bf16::decode_scaled(w.row_blocks(e, r), w.row_scales(e, r), k0, k1, s.weights.data() + (r - r0) * kc_max);
-      const int64_t koff = k0 * kMxfp4Block;
-      for (int64_t t0 = 0; t0 < m; t0 += 6) {
-        for (int64_t rg = 0; rg < rows; rg += 4) {
-          const uint16_t* wp = s.weights.data() + rg * kc_max;
-          float* ap = s.acc.data() + (rg * m + t0) * 16;
-          switch (std::min<int64_t>(6, m - t0)) {
-            case 1: moe_bf16::gemm_4xt<1>(wp, kc_max, x + t0, koff, kc, ap, m * 16); break;
-            case 2: moe_bf16::gemm_4xt<2>(wp, kc_max, x + t0, koff, kc, ap, m * 16); break;
-            case 3: moe_bf16::gemm_4xt<3>(wp, kc_max, x + t0, koff, kc, ap, m * 16); break;
-            case 4: moe_bf16::gemm_4xt<4>(wp, kc_max, x + t0, koff, kc, ap, m * 16); break;
-            case 5: moe_bf16::gemm_4xt<5>(wp, kc_max, x + t0, koff, kc, ap, m * 16); break;
-            default: moe_bf16::gemm_4xt<6>(wp, kc_max, x + t0, koff, kc, ap, m * 16); break;
-          }
-        }
-      }
+        moe_bf16::decode_scaled(w.row_blocks(e, r), w.row_scales(e, r), k0, k1, s.rows.data() + (r - r0) * kc_max);
+      gemm_bf16::pack_panel(s.rows.data(), kc_max, rows, kc, 0, kc / 2, s.packed.data());
+      for (int64_t t = 0; t < m; ++t) s.x[t] = x[t] + k0 * kMxfp4Block;
+      gemm_bf16::panel_times_rows(s.packed.data(), kc / 2, s.x.data(), m, s.acc.data());
     }
-    for (int64_t i = 0; i < rows * m; ++i) c[i] = moe_bf16::lanes_sum(s.acc.data() + i * 16);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t t = 0; t < m; ++t) c[r * m + t] = s.acc[t * kTileRows + r];
   }
 };
 #endif
@@ -500,17 +498,17 @@ void moe_forward(const Problem& pb, const typename Path::Value* xc, float* out) 
     return best;
   }();
 
-  // Phase 1: act = swiglu(W1·x + b1), tiles of kRowTile rows of W1 (kRowTile / 2 act values).
-  const int64_t tiles1 = (2 * I + kRowTile - 1) / kRowTile;
-  const int64_t grain1 = std::max<int64_t>(1, kMinParallelWork / std::max<int64_t>(1, kRowTile * D * P));
+  // Phase 1: act = swiglu(W1·x + b1), tiles of Path::kTileRows rows of W1 (half as many act values).
+  const int64_t tiles1 = (2 * I + Path::kTileRows - 1) / Path::kTileRows;
+  const int64_t grain1 = std::max<int64_t>(1, kMinParallelWork / std::max<int64_t>(1, Path::kTileRows * D * P));
   at::parallel_for(0, tiles1, grain1, [&](int64_t begin, int64_t end) {
-    std::vector<float> c(kRowTile * max_m);
+    std::vector<float> c(Path::kTileRows * max_m);
     typename Path::Scratch scratch;
     for (int64_t i = 0; i < used; ++i) {
       const int64_t e = routing.experts[i], q0 = routing.begin[i], m = routing.begin[i + 1] - q0;
       const float* b1e = pb.b1 + e * 2 * I;
       for (int64_t tile = begin; tile < end; ++tile) {
-        const int64_t r0 = tile * kRowTile, r1 = std::min(2 * I, r0 + kRowTile);
+        const int64_t r0 = tile * Path::kTileRows, r1 = std::min(2 * I, r0 + Path::kTileRows);
         Path::tile_product(pb.w1, e, r0, r1, x_rows.data() + q0, m, c.data(), scratch);
         for (int64_t t = 0; t < m; ++t) {
           Value* a = act.data() + (q0 + t) * Ip;
@@ -525,17 +523,17 @@ void moe_forward(const Problem& pb, const typename Path::Value* xc, float* out) 
     }
   });
 
-  // Phase 2: out[n] += w·(W2·act + b2) over output tiles of kRowTile rows, experts in ascending order.
-  const int64_t tiles2 = (D + kRowTile - 1) / kRowTile;
-  const int64_t grain2 = std::max<int64_t>(1, kMinParallelWork / std::max<int64_t>(1, kRowTile * I * P));
+  // Phase 2: out[n] += w·(W2·act + b2) over output tiles of Path::kTileRows rows, experts in ascending order.
+  const int64_t tiles2 = (D + Path::kTileRows - 1) / Path::kTileRows;
+  const int64_t grain2 = std::max<int64_t>(1, kMinParallelWork / std::max<int64_t>(1, Path::kTileRows * I * P));
   at::parallel_for(0, tiles2, grain2, [&](int64_t begin, int64_t end) {
-    std::vector<float> c(kRowTile * max_m);
+    std::vector<float> c(Path::kTileRows * max_m);
     typename Path::Scratch scratch;
     for (int64_t i = 0; i < used; ++i) {
       const int64_t e = routing.experts[i], q0 = routing.begin[i], m = routing.begin[i + 1] - q0;
       const float* b2e = pb.b2 + e * D;
       for (int64_t tile = begin; tile < end; ++tile) {
-        const int64_t r0 = tile * kRowTile, r1 = std::min(D, r0 + kRowTile);
+        const int64_t r0 = tile * Path::kTileRows, r1 = std::min(D, r0 + Path::kTileRows);
         Path::tile_product(pb.w2, e, r0, r1, act_rows.data() + q0, m, c.data(), scratch);
         for (int64_t t = 0; t < m; ++t) {
           const int64_t pair = routing.order[q0 + t];

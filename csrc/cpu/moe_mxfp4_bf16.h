@@ -10,11 +10,11 @@
 // Decoding one 32-byte chunk (blocks b and b + 1): the bytes are widened to 32 words; vpermw with
 // the 32-entry table below (bit 4 of an index ignored: the table repeats) turns the low nibbles into
 // the bf16 values of the chunk's even elements and, after `>> 4`, the high nibbles into the odd
-// ones. Inputs are stored in that order (pair_position), so nothing is shuffled per weight.
-//  - Few tokens (row_dot): per chunk, Σ w·x over each block lands in eight float32 lanes, which are
-//    then multiplied by the block's 2^(s-127) and added up.
+// ones; two vpermt2w interleave them back into element order, one block per vector.
+//  - Few tokens (row_dot): per block, Σ w·x lands in sixteen float32 lanes, which are multiplied by
+//    the block's 2^(s-127) and added up.
 //  - Many tokens: a tile's K-step is decoded once with the scale folded into the bf16 words (an
-//    exponent add, exact) into a buffer shared by all tokens (gemm_4xt).
+//    exponent add, exact), packed into a gemm_bf16.h panel and applied to all the expert's tokens.
 // Callers check avx512_bf16_enabled() (vec.h) first.
 #pragma once
 
@@ -32,13 +32,6 @@ namespace moe_bf16 {
 
 constexpr int64_t kChunk = 2 * kMxfp4Block;  // values per decoding step: two blocks
 
-// Where value c (0..63) of a chunk is stored: even elements of both blocks (the low-nibble vector:
-// block 0's sixteen, then block 1's), then the odd elements in the same order.
-inline int pair_position(int c) {
-  const int h = c / kMxfp4Block, j = c % kMxfp4Block;
-  return (j % 2) * kMxfp4Block + h * (kMxfp4Block / 2) + j / 2;
-}
-
 // bf16 encodings of the FP4 values by nibble, twice.
 alignas(64) inline constexpr uint16_t kFp4Bf16[32] = {
     0x0000, 0x3F00, 0x3F80, 0x3FC0, 0x4000, 0x4040, 0x4080, 0x40C0,
@@ -47,7 +40,7 @@ alignas(64) inline constexpr uint16_t kFp4Bf16[32] = {
     0x8000, 0xBF00, 0xBF80, 0xBFC0, 0xC000, 0xC040, 0xC080, 0xC0C0};
 
 struct Chunk {
-  __m512i even, odd;  // unscaled bf16 values in pair_position order
+  __m512i even, odd;  // bf16 values of the even / odd elements: block b's sixteen, then block b + 1's
 };
 
 // The chunk at q: both blocks, or (last block of an odd row) one block and zeros.
@@ -58,44 +51,47 @@ GPTOSS_AVX512_BF16 inline Chunk decode_chunk(const uint8_t* q, bool two_blocks, 
   return {_mm512_permutexvar_epi16(words, table), _mm512_permutexvar_epi16(_mm512_srli_epi16(words, 4), table)};
 }
 
-// 2^(s-127) of n ≤ 16 consecutive blocks from the exponent bits (s = 0: the subnormal 2^-127; 255: inf).
-GPTOSS_AVX512_BF16 inline __m512 block_multipliers(const uint8_t* sc, int64_t n) {
-  const __m128i bytes = _mm_maskz_loadu_epi8(static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << n) - 1), sc);
-  return _mm512_castsi512_ps(
-      _mm512_max_epi32(_mm512_slli_epi32(_mm512_cvtepu8_epi32(bytes), 23), _mm512_set1_epi32(0x00400000)));
+// The chunk's values in element order: block b, block b + 1.
+struct Blocks {
+  __m512i first, second;
+};
+GPTOSS_AVX512_BF16 inline Blocks in_order(const Chunk& c) {
+  alignas(64) static constexpr uint16_t kFirst[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+                                                      8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+  alignas(64) static constexpr uint16_t kSecond[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
+                                                       24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
+  return {_mm512_permutex2var_epi16(c.even, _mm512_load_si512(kFirst), c.odd),
+          _mm512_permutex2var_epi16(c.even, _mm512_load_si512(kSecond), c.odd)};
 }
 
 GPTOSS_AVX512_BF16 inline __m512 dot_pairs(__m512 acc, __m512i w, const uint16_t* x) {
   return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)_mm512_loadu_si512(x));
 }
 
-// out[t·out_stride] = W_row · x_t for MT tokens over the row's nb blocks; x[t] in pair_position order,
+// out[t·out_stride] = W_row · x_t for MT tokens over the row's nb blocks; x[t] in element order,
 // zero padded to whole chunks.
 template <int MT>
 GPTOSS_AVX512_BF16 inline void row_dot(const uint8_t* blk, const uint8_t* sc, int64_t nb, const uint16_t* const* x,
                                        float* out, int64_t out_stride) {
   const __m512i table = _mm512_load_si512(kFp4Bf16);
-  const __m512i halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
   __m512 acc[MT];
   for (int t = 0; t < MT; ++t) acc[t] = _mm512_setzero_ps();
-  for (int64_t b0 = 0; b0 < nb; b0 += 16) {
-    const int64_t n = std::min<int64_t>(16, nb - b0);
-    const __m512 mult = block_multipliers(sc + b0, n);
-    for (int64_t c = 0; c < n; c += 2) {
-      const Chunk w = decode_chunk(blk + (b0 + c) * kMxfp4BlockBytes, c + 1 < n, table);
-      const __m512 s = _mm512_permutexvar_ps(_mm512_add_epi32(halves, _mm512_set1_epi32(static_cast<int>(c))), mult);
-      const int64_t off = (b0 + c) * kMxfp4Block;
-      for (int t = 0; t < MT; ++t) {
-        // lanes 0-7: block b0 + c, lanes 8-15: the next block
-        const __m512 blocks = dot_pairs(dot_pairs(_mm512_setzero_ps(), w.even, x[t] + off), w.odd, x[t] + off + 32);
-        acc[t] = _mm512_fmadd_ps(blocks, s, acc[t]);
-      }
+  for (int64_t b = 0; b < nb; b += 2) {
+    const bool two_blocks = b + 1 < nb;
+    const Blocks w = in_order(decode_chunk(blk + b * kMxfp4BlockBytes, two_blocks, table));
+    const __m512 s0 = _mm512_set1_ps(e8m0_multiplier(sc[b]));
+    const __m512 s1 = _mm512_set1_ps(two_blocks ? e8m0_multiplier(sc[b + 1]) : 0.0f);
+    const int64_t off = b * kMxfp4Block;
+    for (int t = 0; t < MT; ++t) {
+      acc[t] = _mm512_fmadd_ps(dot_pairs(_mm512_setzero_ps(), w.first, x[t] + off), s0, acc[t]);
+      acc[t] = _mm512_fmadd_ps(dot_pairs(_mm512_setzero_ps(), w.second, x[t] + off + 32), s1, acc[t]);
     }
   }
   for (int t = 0; t < MT; ++t) out[t * out_stride] = _mm512_reduce_add_ps(acc[t]);
 }
 
-// Blocks [b0, b1) of one row as bf16 words value·2^(s-127), in pair_position order, to out.
+// Blocks [b0, b1) of one row as bf16 words value·2^(s-127), in element order (zero padded to a whole
+// chunk), to out.
 GPTOSS_AVX512_BF16 inline void decode_scaled(const uint8_t* blk, const uint8_t* sc, int64_t b0, int64_t b1,
                                              uint16_t* out) {
   const __m512i table = _mm512_load_si512(kFp4Bf16);
@@ -108,22 +104,25 @@ GPTOSS_AVX512_BF16 inline void decode_scaled(const uint8_t* blk, const uint8_t* 
     if (s0 >= 2 && s0 <= 252 && s1 >= 2 && s1 <= 252) {
       // FP4 magnitudes have bf16 exponents 126..129: adding s - 127 keeps them normal, so the
       // scaled value is exact. Zeros stay zeros.
-      const __m512i delta = _mm512_mask_blend_epi16(0xFFFF0000u, _mm512_set1_epi16(static_cast<int16_t>((s0 - 127) << 7)),
+      const __m512i delta = _mm512_mask_blend_epi16(0xFFFF0000u,  // block b: words 0-15, block b + 1: 16-31
+                                                    _mm512_set1_epi16(static_cast<int16_t>((s0 - 127) << 7)),
                                                     _mm512_set1_epi16(static_cast<int16_t>((s1 - 127) << 7)));
       w.even = _mm512_mask_add_epi16(w.even, _mm512_test_epi16_mask(w.even, magnitude), w.even, delta);
       w.odd = _mm512_mask_add_epi16(w.odd, _mm512_test_epi16_mask(w.odd, magnitude), w.odd, delta);
-      _mm512_storeu_si512(o, w.even);
-      _mm512_storeu_si512(o + 32, w.odd);
+      const Blocks ordered = in_order(w);
+      _mm512_storeu_si512(o, ordered.first);
+      _mm512_storeu_si512(o + 32, ordered.second);
     } else {  // extreme scales: through float32 (bf16 is its top half, so the truncation is exact)
+      const Blocks ordered = in_order(w);
       alignas(64) uint16_t words[64];
-      _mm512_store_si512(words, w.even);
-      _mm512_store_si512(words + 32, w.odd);
+      _mm512_store_si512(words, ordered.first);
+      _mm512_store_si512(words + 32, ordered.second);
       const float m[2] = {e8m0_multiplier(static_cast<uint8_t>(s0)), e8m0_multiplier(static_cast<uint8_t>(s1))};
       for (int i = 0; i < 64; ++i) {
         const uint32_t in = static_cast<uint32_t>(words[i]) << 16;
         float v;
         std::memcpy(&v, &in, sizeof(v));
-        v *= m[(i % 32) / 16];
+        v *= m[i / 32];
         uint32_t bits;
         std::memcpy(&bits, &v, sizeof(bits));
         o[i] = static_cast<uint16_t>(bits >> 16);
@@ -131,29 +130,6 @@ GPTOSS_AVX512_BF16 inline void decode_scaled(const uint8_t* blk, const uint8_t* 
     }
   }
 }
-
-// acc[r][t] (16 lanes each, row stride acc_stride, token stride 16) += w_r · x_t over kc words (a
-// multiple of 32): 4 rows × TT tokens in registers, 4·TT dot-product instructions per 4 + TT loads.
-template <int TT>
-GPTOSS_AVX512_BF16 inline void gemm_4xt(const uint16_t* w, int64_t ws, const uint16_t* const* x, int64_t koff,
-                                        int64_t kc, float* acc, int64_t acc_stride) {
-  __m512 a[4][TT];
-  for (int r = 0; r < 4; ++r)
-    for (int t = 0; t < TT; ++t) a[r][t] = _mm512_loadu_ps(acc + r * acc_stride + t * 16);
-  for (int64_t k = 0; k < kc; k += 32) {
-    __m512i xv[TT];
-    for (int t = 0; t < TT; ++t) xv[t] = _mm512_loadu_si512(x[t] + koff + k);
-    for (int r = 0; r < 4; ++r) {
-      const __m512i wv = _mm512_loadu_si512(w + r * ws + k);
-      for (int t = 0; t < TT; ++t)
-        a[r][t] = _mm512_dpbf16_ps(a[r][t], (__m512bh)wv, (__m512bh)xv[t]);
-    }
-  }
-  for (int r = 0; r < 4; ++r)
-    for (int t = 0; t < TT; ++t) _mm512_storeu_ps(acc + r * acc_stride + t * 16, a[r][t]);
-}
-
-GPTOSS_AVX512_BF16 inline float lanes_sum(const float* acc) { return _mm512_reduce_add_ps(_mm512_loadu_ps(acc)); }
 
 }  // namespace moe_bf16
 }  // namespace gptoss

@@ -6,9 +6,9 @@ compared with the float64 truth of tests/engine/ops/test_moe.py under the same b
 meets there, and with the reference under the sum of both allowances. The grid crosses the kernel's
 two paths: experts with fewer than 4 routed tokens run the in-register path (up to 3 tokens share a
 decoded row), experts with 4 or more the buffered K-step path (4 rows × 3 tokens per register tile
-in float32, 4 × 6 with AVX-512 BF16, so token counts of every residue mod 6 are covered); odd block
-counts exercise the zero-padded last chunk and D = 2880 exercises several K-steps. Every test runs
-on both instruction sets (the `cpu_isa` fixture).
+in float32, 32 rows × up to 12 tokens with AVX-512 BF16, so token counts of every residue mod 12 are
+covered); odd block counts exercise the zero-padded last chunk and D = 2880 exercises several
+float32 K-steps. Every test runs on both instruction sets (the `cpu_isa` fixture).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ GRID = [
     (3, 2, 7, 160, 96),      # an unused expert; the others take 7 tokens (buffered, 3 + 3 + 1)
     (32, 4, 2, 2880, 160),   # 20b hidden size (90 blocks: 6 K-steps), decode-like routing
     (5, 2, 33, 160, 2880),   # 20b expert width in the second product
+    (3, 2, 13, 3232, 96),    # 101 blocks: two K-steps of the AVX-512 BF16 path (96 blocks each)
     (5, 4, 33, 160, 96),
     (32, 4, 33, 96, 96),     # 20b expert count: ~4 tokens per expert, both paths
     (3, 3, 33, 96, 96),      # A = E: every token uses every expert
@@ -61,7 +62,7 @@ def test_grid_crosses_both_paths_and_repeats_experts():
             assert per_expert.max() > 1  # some expert serves several tokens
     small = {m for m in counts if m < GEMM_MIN_TOKENS}
     assert small == {1, 2, 3}, small
-    assert {m % 6 for m in counts if m >= GEMM_MIN_TOKENS} == {0, 1, 2, 3, 4, 5}
+    assert {m % 12 for m in counts if m >= GEMM_MIN_TOKENS} == set(range(12))
 
 
 def test_bf16_inputs_take_the_avx512_bf16_kernels_where_the_cpu_has_them(extension, cpu_isa, monkeypatch):
