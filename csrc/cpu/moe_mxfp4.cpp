@@ -323,12 +323,17 @@ void group_product(const Mxfp4Matrix& w, int64_t e, int64_t r0, int64_t r1, cons
     for (int t = 0; t < MT; ++t) c[r * m + t0 + t] = lanes_sum(acc + (r * MT + t) * kLanes);
 }
 
-// The float32 path (AVX2, or the scalar fallback): rows of float32 in the chunk layout.
+// The float32 path (AVX2, or the scalar fallback): input rows of float32 in the chunk layout.
 struct FloatPath {
   using Value = float;
   static constexpr int64_t kTileRows = kRowTile;
-  static const ChunkLayout& chunk_layout() { return layout(); }
-  static float store(float v) { return v; }
+  static constexpr int64_t kCopies = 1;  // rows per input row (see put)
+
+  // Stores element i (value v) of an input row whose chunks span `width` values.
+  static void put(float* row, int64_t width, int64_t i, float v) {
+    (void)width;
+    row[i / kChunk * kChunk + layout().pos[i % kChunk]] = v;
+  }
 
   struct Scratch {
     std::vector<float> acc = std::vector<float>(kRowTile * kMaxGroup * kLanes);
@@ -354,19 +359,21 @@ struct FloatPath {
 };
 
 #if GPTOSS_HAVE_AVX512_BF16_KERNELS
-// The bf16 path (inputs that are bf16 values, AVX-512 BF16 CPUs): rows of bf16 words in element
-// order; kernels in moe_mxfp4_bf16.h (few tokens) and gemm_bf16.h (many).
-inline int element_order(int c) { return c; }
-
+// The bf16 path (inputs that are bf16 values, AVX-512 BF16 CPUs): each input row is held twice as bf16
+// words, in element order for gemm_bf16.h (many tokens) and in the decode layout for
+// moe_mxfp4_bf16.h's row_dot (few tokens).
 struct Bf16Path {
   using Value = uint16_t;
   static constexpr int64_t kTileRows = gemm_bf16::kPanelRows;
   static constexpr int64_t kStepBlocks = 96;  // K-step: 32 rows × 3072 values (all of gpt-oss's 2880): L2
-  static const ChunkLayout& chunk_layout() {
-    static const ChunkLayout l(element_order);
-    return l;
+  static constexpr int64_t kCopies = 2;       // element order for the GEMM, then the decode layout for row_dot
+
+  static void put(uint16_t* row, int64_t width, int64_t i, float v) {  // v is already a bf16 value
+    static const ChunkLayout decode_layout(moe_bf16::pair_position);
+    const uint16_t bits = c10::BFloat16(v).x;
+    row[i] = bits;
+    row[width + i / kChunk * kChunk + decode_layout.pos[i % kChunk]] = bits;
   }
-  static uint16_t store(float v) { return c10::BFloat16(v).x; }  // v is already a bf16 value
 
   struct Scratch {
     std::vector<uint16_t> rows;     // [kTileRows, kStepBlocks·32]: one decoded, scaled K-step of the tile
@@ -378,13 +385,17 @@ struct Bf16Path {
   GPTOSS_AVX512_BF16 static void tile_product(const Mxfp4Matrix& w, int64_t e, int64_t r0, int64_t r1,
                                               const uint16_t* const* x, int64_t m, float* c, Scratch& s) {
     if (m >= kGemmMinTokens) return tile_product_gemm(w, e, r0, r1, x, m, c, s);
-    for (int64_t r = r0; r < r1; ++r) {
-      for (int64_t t0 = 0; t0 < m; t0 += 3) {
+    const int64_t width = (w.nb + 1) / 2 * kChunk;  // where each row's decode-layout copy starts
+    for (int64_t t0 = 0; t0 < m; t0 += 3) {
+      const int64_t mt = std::min<int64_t>(3, m - t0);
+      const uint16_t* xd[3] = {};
+      for (int64_t t = 0; t < mt; ++t) xd[t] = x[t0 + t] + width;
+      for (int64_t r = r0; r < r1; ++r) {
         float* out = c + (r - r0) * m + t0;
-        switch (std::min<int64_t>(3, m - t0)) {
-          case 1: moe_bf16::row_dot<1>(w.row_blocks(e, r), w.row_scales(e, r), w.nb, x + t0, out, 1); break;
-          case 2: moe_bf16::row_dot<2>(w.row_blocks(e, r), w.row_scales(e, r), w.nb, x + t0, out, 1); break;
-          default: moe_bf16::row_dot<3>(w.row_blocks(e, r), w.row_scales(e, r), w.nb, x + t0, out, 1); break;
+        switch (mt) {
+          case 1: moe_bf16::row_dot<1>(w.row_blocks(e, r), w.row_scales(e, r), w.nb, xd, out, 1); break;
+          case 2: moe_bf16::row_dot<2>(w.row_blocks(e, r), w.row_scales(e, r), w.nb, xd, out, 1); break;
+          default: moe_bf16::row_dot<3>(w.row_blocks(e, r), w.row_scales(e, r), w.nb, xd, out, 1); break;
         }
       }
     }
@@ -414,17 +425,15 @@ struct Bf16Path {
 };
 #endif
 
-// Copies rows of x (float32 or bf16) into rows of `width` (a whole number of chunks) in the path's
-// chunk layout, zero padded.
+// Copies rows of x (float32 or bf16) into the path's input rows (kCopies × width values each, width a
+// whole number of chunks), zero padded.
 template <typename Path, typename T>
-void to_chunk_layout(const T* x, int64_t rows, int64_t dim, int64_t width, typename Path::Value* out) {
-  const ChunkLayout& l = Path::chunk_layout();
+void to_input_rows(const T* x, int64_t rows, int64_t dim, int64_t width, typename Path::Value* out) {
   at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(dim, 1)), [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
-      typename Path::Value* o = out + n * width;
-      std::fill(o, o + width, typename Path::Value(0));
-      for (int64_t i = 0; i < dim; ++i)
-        o[i / kChunk * kChunk + l.pos[i % kChunk]] = Path::store(static_cast<float>(x[n * dim + i]));
+      typename Path::Value* o = out + n * Path::kCopies * width;
+      std::fill(o, o + Path::kCopies * width, typename Path::Value(0));
+      for (int64_t i = 0; i < dim; ++i) Path::put(o, width, i, static_cast<float>(x[n * dim + i]));
     }
   });
 }
@@ -473,7 +482,7 @@ inline float swiglu(float gate, float up, float alpha, float limit) {
   return g * (1.0f / (1.0f + std::exp(-(alpha * g)))) * (u + 1.0f);
 }
 
-// xc: x in the path's chunk layout [N, Dp]. out: [N, D] float32, overwritten.
+// xc: x as the path's input rows [N, kCopies·Dp]. out: [N, D] float32, overwritten.
 template <typename Path>
 void moe_forward(const Problem& pb, const typename Path::Value* xc, float* out) {
   using Value = typename Path::Value;
@@ -486,12 +495,12 @@ void moe_forward(const Problem& pb, const typename Path::Value* xc, float* out) 
 
   // x rows of each pair, grouped by expert; act rows are simply the grouped pair index.
   std::vector<const Value*> x_rows(P), act_rows(P);
-  std::vector<Value> act(static_cast<size_t>(P) * Ip, Value(0));  // [P, Ip] in the chunk layout, zero padded
+  const int64_t Dw = Path::kCopies * Dp, Iw = Path::kCopies * Ip;  // input row lengths
+  std::vector<Value> act(static_cast<size_t>(P) * Iw, Value(0));  // [P, Iw]: input rows, zero padded
   for (int64_t q = 0; q < P; ++q) {
-    x_rows[q] = xc + (routing.order[q] / A) * Dp;
-    act_rows[q] = act.data() + q * Ip;
+    x_rows[q] = xc + (routing.order[q] / A) * Dw;
+    act_rows[q] = act.data() + q * Iw;
   }
-  const ChunkLayout& l = Path::chunk_layout();
   const int64_t max_m = [&] {
     int64_t best = 0;
     for (int64_t i = 0; i < used; ++i) best = std::max(best, routing.begin[i + 1] - routing.begin[i]);
@@ -511,12 +520,12 @@ void moe_forward(const Problem& pb, const typename Path::Value* xc, float* out) 
         const int64_t r0 = tile * Path::kTileRows, r1 = std::min(2 * I, r0 + Path::kTileRows);
         Path::tile_product(pb.w1, e, r0, r1, x_rows.data() + q0, m, c.data(), scratch);
         for (int64_t t = 0; t < m; ++t) {
-          Value* a = act.data() + (q0 + t) * Ip;
+          Value* a = act.data() + (q0 + t) * Iw;
           for (int64_t r = r0; r < r1; r += 2) {
             const int64_t j = r / 2;
             float v = swiglu(c[(r - r0) * m + t] + b1e[r], c[(r + 1 - r0) * m + t] + b1e[r + 1], pb.alpha, pb.limit);
             if (pb.act_bf16) v = static_cast<float>(c10::BFloat16(v));
-            a[j / kChunk * kChunk + l.pos[j % kChunk]] = Path::store(v);
+            Path::put(a, Ip, j, v);
           }
         }
       }
@@ -619,18 +628,18 @@ at::Tensor moe_mxfp4_cpu(const at::Tensor& x, const at::Tensor& expert_ids, cons
 
 #if GPTOSS_HAVE_AVX512_BF16_KERNELS
   if (pb.act_bf16 && avx512_bf16_enabled()) {
-    std::vector<uint16_t> x_chunks(static_cast<size_t>(N) * padded(D));
-    to_chunk_layout<Bf16Path>(xc.data_ptr<c10::BFloat16>(), N, D, padded(D), x_chunks.data());
-    moe_forward<Bf16Path>(pb, x_chunks.data(), out.data_ptr<float>());
+    std::vector<uint16_t> x_rows(static_cast<size_t>(N) * Bf16Path::kCopies * padded(D));
+    to_input_rows<Bf16Path>(xc.data_ptr<c10::BFloat16>(), N, D, padded(D), x_rows.data());
+    moe_forward<Bf16Path>(pb, x_rows.data(), out.data_ptr<float>());
     return out;
   }
 #endif
-  std::vector<float> x_chunks(static_cast<size_t>(N) * padded(D));
+  std::vector<float> x_rows(static_cast<size_t>(N) * padded(D));
   if (pb.act_bf16)
-    to_chunk_layout<FloatPath>(xc.data_ptr<c10::BFloat16>(), N, D, padded(D), x_chunks.data());
+    to_input_rows<FloatPath>(xc.data_ptr<c10::BFloat16>(), N, D, padded(D), x_rows.data());
   else
-    to_chunk_layout<FloatPath>(xc.data_ptr<float>(), N, D, padded(D), x_chunks.data());
-  moe_forward<FloatPath>(pb, x_chunks.data(), out.data_ptr<float>());
+    to_input_rows<FloatPath>(xc.data_ptr<float>(), N, D, padded(D), x_rows.data());
+  moe_forward<FloatPath>(pb, x_rows.data(), out.data_ptr<float>());
   return out;
 }
 

@@ -10,11 +10,13 @@
 // Decoding one 32-byte chunk (blocks b and b + 1): the bytes are widened to 32 words; vpermw with
 // the 32-entry table below (bit 4 of an index ignored: the table repeats) turns the low nibbles into
 // the bf16 values of the chunk's even elements and, after `>> 4`, the high nibbles into the odd
-// ones; two vpermt2w interleave them back into element order, one block per vector.
-//  - Few tokens (row_dot): per block, Σ w·x lands in sixteen float32 lanes, which are multiplied by
-//    the block's 2^(s-127) and added up.
+// ones.
+//  - Few tokens (row_dot): the two vectors are used as they come, against inputs stored in that
+//    order too (pair_position); per chunk, Σ w·x of each block lands in eight float32 lanes, which are
+//    multiplied by the block's 2^(s-127) and added up.
 //  - Many tokens: a tile's K-step is decoded once with the scale folded into the bf16 words (an
-//    exponent add, exact), packed into a gemm_bf16.h panel and applied to all the expert's tokens.
+//    exponent add, exact), put back in element order (two vpermt2w), packed into a gemm_bf16.h panel
+//    and applied to all the expert's tokens, whose inputs are in element order.
 // Callers check avx512_bf16_enabled() (vec.h) first.
 #pragma once
 
@@ -31,6 +33,13 @@ namespace gptoss {
 namespace moe_bf16 {
 
 constexpr int64_t kChunk = 2 * kMxfp4Block;  // values per decoding step: two blocks
+
+// Where value c (0..63) of a chunk is stored in the decode layout of row_dot's inputs: the even
+// elements of both blocks (as in Chunk::even), then the odd ones.
+inline int pair_position(int c) {
+  const int h = c / kMxfp4Block, j = c % kMxfp4Block;
+  return (j % 2) * kMxfp4Block + h * (kMxfp4Block / 2) + j / 2;
+}
 
 // bf16 encodings of the FP4 values by nibble, twice.
 alignas(64) inline constexpr uint16_t kFp4Bf16[32] = {
@@ -68,23 +77,34 @@ GPTOSS_AVX512_BF16 inline __m512 dot_pairs(__m512 acc, __m512i w, const uint16_t
   return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)_mm512_loadu_si512(x));
 }
 
-// out[t·out_stride] = W_row · x_t for MT tokens over the row's nb blocks; x[t] in element order,
-// zero padded to whole chunks.
+// 2^(s-127) of n ≤ 16 consecutive blocks from the exponent bits (s = 0: the subnormal 2^-127; 255: inf).
+GPTOSS_AVX512_BF16 inline __m512 block_multipliers(const uint8_t* sc, int64_t n) {
+  const __m128i bytes = _mm_maskz_loadu_epi8(static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << n) - 1), sc);
+  return _mm512_castsi512_ps(
+      _mm512_max_epi32(_mm512_slli_epi32(_mm512_cvtepu8_epi32(bytes), 23), _mm512_set1_epi32(0x00400000)));
+}
+
+// out[t·out_stride] = W_row · x_t for MT tokens over the row's nb blocks; x[t] in the decode layout
+// (pair_position), zero padded to whole chunks. The decoder's vectors are used as they come: per
+// chunk, lanes 0-7 sum block b and lanes 8-15 block b + 1, then each half gets its multiplier.
 template <int MT>
 GPTOSS_AVX512_BF16 inline void row_dot(const uint8_t* blk, const uint8_t* sc, int64_t nb, const uint16_t* const* x,
                                        float* out, int64_t out_stride) {
   const __m512i table = _mm512_load_si512(kFp4Bf16);
+  const __m512i halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
   __m512 acc[MT];
   for (int t = 0; t < MT; ++t) acc[t] = _mm512_setzero_ps();
-  for (int64_t b = 0; b < nb; b += 2) {
-    const bool two_blocks = b + 1 < nb;
-    const Blocks w = in_order(decode_chunk(blk + b * kMxfp4BlockBytes, two_blocks, table));
-    const __m512 s0 = _mm512_set1_ps(e8m0_multiplier(sc[b]));
-    const __m512 s1 = _mm512_set1_ps(two_blocks ? e8m0_multiplier(sc[b + 1]) : 0.0f);
-    const int64_t off = b * kMxfp4Block;
-    for (int t = 0; t < MT; ++t) {
-      acc[t] = _mm512_fmadd_ps(dot_pairs(_mm512_setzero_ps(), w.first, x[t] + off), s0, acc[t]);
-      acc[t] = _mm512_fmadd_ps(dot_pairs(_mm512_setzero_ps(), w.second, x[t] + off + 32), s1, acc[t]);
+  for (int64_t b0 = 0; b0 < nb; b0 += 16) {
+    const int64_t n = std::min<int64_t>(16, nb - b0);
+    const __m512 mult = block_multipliers(sc + b0, n);
+    for (int64_t c = 0; c < n; c += 2) {
+      const Chunk w = decode_chunk(blk + (b0 + c) * kMxfp4BlockBytes, c + 1 < n, table);
+      const __m512 s = _mm512_permutexvar_ps(_mm512_add_epi32(halves, _mm512_set1_epi32(static_cast<int>(c))), mult);
+      const int64_t off = (b0 + c) * kMxfp4Block;
+      for (int t = 0; t < MT; ++t) {
+        const __m512 blocks = dot_pairs(dot_pairs(_mm512_setzero_ps(), w.even, x[t] + off), w.odd, x[t] + off + 32);
+        acc[t] = _mm512_fmadd_ps(blocks, s, acc[t]);
+      }
     }
   }
   for (int t = 0; t < MT; ++t) out[t * out_stride] = _mm512_reduce_add_ps(acc[t]);
