@@ -328,6 +328,7 @@ struct FloatPath {
   using Value = float;
   static constexpr int64_t kTileRows = kRowTile;
   static constexpr int64_t kCopies = 1;  // rows per input row (see put)
+  static int64_t padded_width(int64_t k) { return padded(k); }
 
   // Stores element i (value v) of an input row whose chunks span `width` values.
   static void put(float* row, int64_t width, int64_t i, float v) {
@@ -367,12 +368,18 @@ struct Bf16Path {
   static constexpr int64_t kTileRows = gemm_bf16::kPanelRows;
   static constexpr int64_t kStepBlocks = 96;  // K-step: 32 rows × 3072 values (all of gpt-oss's 2880): L2
   static constexpr int64_t kCopies = 2;       // element order for the GEMM, then the decode layout for row_dot
+  static int64_t padded_width(int64_t k) { return (k + moe_bf16::kQuad - 1) / moe_bf16::kQuad * moe_bf16::kQuad; }
 
   static void put(uint16_t* row, int64_t width, int64_t i, float v) {  // v is already a bf16 value
-    static const ChunkLayout decode_layout(moe_bf16::pair_position);
+    static const struct QuadLayout {
+      int pos[moe_bf16::kQuad];
+      QuadLayout() {
+        for (int c = 0; c < moe_bf16::kQuad; ++c) pos[c] = moe_bf16::quad_position(c);
+      }
+    } decode_layout;
     const uint16_t bits = c10::BFloat16(v).x;
     row[i] = bits;
-    row[width + i / kChunk * kChunk + decode_layout.pos[i % kChunk]] = bits;
+    row[width + i / moe_bf16::kQuad * moe_bf16::kQuad + decode_layout.pos[i % moe_bf16::kQuad]] = bits;
   }
 
   struct Scratch {
@@ -385,7 +392,7 @@ struct Bf16Path {
   GPTOSS_AVX512_BF16 static void tile_product(const Mxfp4Matrix& w, int64_t e, int64_t r0, int64_t r1,
                                               const uint16_t* const* x, int64_t m, float* c, Scratch& s) {
     if (m >= kGemmMinTokens) return tile_product_gemm(w, e, r0, r1, x, m, c, s);
-    const int64_t width = (w.nb + 1) / 2 * kChunk;  // where each row's decode-layout copy starts
+    const int64_t width = padded_width(w.nb * kMxfp4Block);  // where each row's decode-layout copy starts
     for (int64_t t0 = 0; t0 < m; t0 += 3) {
       const int64_t mt = std::min<int64_t>(3, m - t0);
       const uint16_t* xd[3] = {};
@@ -425,8 +432,8 @@ struct Bf16Path {
 };
 #endif
 
-// Copies rows of x (float32 or bf16) into the path's input rows (kCopies × width values each, width a
-// whole number of chunks), zero padded.
+// Copies rows of x (float32 or bf16) into the path's input rows (kCopies × width values each, width
+// the path's padded_width), zero padded.
 template <typename Path, typename T>
 void to_input_rows(const T* x, int64_t rows, int64_t dim, int64_t width, typename Path::Value* out) {
   at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(dim, 1)), [&](int64_t begin, int64_t end) {
@@ -487,7 +494,7 @@ template <typename Path>
 void moe_forward(const Problem& pb, const typename Path::Value* xc, float* out) {
   using Value = typename Path::Value;
   const int64_t N = pb.N, A = pb.A, D = pb.D, I = pb.I, P = N * A;
-  const int64_t Dp = padded(D), Ip = padded(I);
+  const int64_t Dp = Path::padded_width(D), Ip = Path::padded_width(I);
   const Routing routing = group_by_expert(pb.ids, P, pb.E);
   const int64_t used = static_cast<int64_t>(routing.experts.size());
   std::fill(out, out + N * D, 0.0f);
@@ -628,8 +635,9 @@ at::Tensor moe_mxfp4_cpu(const at::Tensor& x, const at::Tensor& expert_ids, cons
 
 #if GPTOSS_HAVE_AVX512_BF16_KERNELS
   if (pb.act_bf16 && avx512_bf16_enabled()) {
-    std::vector<uint16_t> x_rows(static_cast<size_t>(N) * Bf16Path::kCopies * padded(D));
-    to_input_rows<Bf16Path>(xc.data_ptr<c10::BFloat16>(), N, D, padded(D), x_rows.data());
+    const int64_t width = Bf16Path::padded_width(D);
+    std::vector<uint16_t> x_rows(static_cast<size_t>(N) * Bf16Path::kCopies * width);
+    to_input_rows<Bf16Path>(xc.data_ptr<c10::BFloat16>(), N, D, width, x_rows.data());
     moe_forward<Bf16Path>(pb, x_rows.data(), out.data_ptr<float>());
     return out;
   }

@@ -11,9 +11,9 @@
 // the 32-entry table below (bit 4 of an index ignored: the table repeats) turns the low nibbles into
 // the bf16 values of the chunk's even elements and, after `>> 4`, the high nibbles into the odd
 // ones.
-//  - Few tokens (row_dot): the two vectors are used as they come, against inputs stored in that
-//    order too (pair_position); per chunk, Σ w·x of each block lands in eight float32 lanes, which are
-//    multiplied by the block's 2^(s-127) and added up.
+//  - Few tokens (row_dot): four blocks at a time, decoded the same way from in-lane unpacks, against
+//    inputs stored in the order the vectors come (quad_position); Σ w·x of each block lands in four
+//    float32 lanes, which are multiplied by the block's 2^(s-127) and added up.
 //  - Many tokens: a tile's K-step is decoded once with the scale folded into the bf16 words (an
 //    exponent add, exact), put back in element order (two vpermt2w), packed into a gemm_bf16.h panel
 //    and applied to all the expert's tokens, whose inputs are in element order.
@@ -32,13 +32,14 @@
 namespace gptoss {
 namespace moe_bf16 {
 
-constexpr int64_t kChunk = 2 * kMxfp4Block;  // values per decoding step: two blocks
+constexpr int64_t kQuad = 4 * kMxfp4Block;  // values per step of row_dot: four blocks, one per 128-bit lane
 
-// Where value c (0..63) of a chunk is stored in the decode layout of row_dot's inputs: the even
-// elements of both blocks (as in Chunk::even), then the odd ones.
-inline int pair_position(int c) {
-  const int h = c / kMxfp4Block, j = c % kMxfp4Block;
-  return (j % 2) * kMxfp4Block + h * (kMxfp4Block / 2) + j / 2;
+// Where value c (0..127) of a quad is stored in the decode layout of row_dot's inputs: the order in
+// which row_dot's four decoded vectors come (see there).
+inline int quad_position(int c) {
+  const int lane = c / kMxfp4Block, e = c % kMxfp4Block;
+  const int vector = (e < 16 ? 0 : 2) + e % 2;  // low bytes: even, odd elements; high bytes: even, odd
+  return vector * kMxfp4Block + lane * 8 + (e % 16) / 2;
 }
 
 // bf16 encodings of the FP4 values by nibble, twice.
@@ -85,25 +86,42 @@ GPTOSS_AVX512_BF16 inline __m512 block_multipliers(const uint8_t* sc, int64_t n)
 }
 
 // out[t·out_stride] = W_row · x_t for MT tokens over the row's nb blocks; x[t] in the decode layout
-// (pair_position), zero padded to whole chunks. The decoder's vectors are used as they come: per
-// chunk, lanes 0-7 sum block b and lanes 8-15 block b + 1, then each half gets its multiplier.
+// (quad_position), zero padded to whole quads. Four blocks at a time, one per 128-bit lane: the
+// in-lane unpacks widen each block's bytes 0-7 and 8-15 to words, vpermw turns low and high nibbles
+// into bf16 values, and after four vdpbf16ps float32 lanes 4L..4L+3 hold block L's sum, which meets
+// its 2^(s-127) in one multiply-add.
 template <int MT>
 GPTOSS_AVX512_BF16 inline void row_dot(const uint8_t* blk, const uint8_t* sc, int64_t nb, const uint16_t* const* x,
                                        float* out, int64_t out_stride) {
-  const __m512i table = _mm512_load_si512(kFp4Bf16);
-  const __m512i halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  const __m512i table = _mm512_load_si512(kFp4Bf16), zero = _mm512_setzero_si512();
+  alignas(64) static constexpr int32_t kLaneBlock[4][16] = {  // quad q: lane group L takes block 4q + L
+      {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3},
+      {4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7},
+      {8, 8, 8, 8, 9, 9, 9, 9, 10, 10, 10, 10, 11, 11, 11, 11},
+      {12, 12, 12, 12, 13, 13, 13, 13, 14, 14, 14, 14, 15, 15, 15, 15}};
   __m512 acc[MT];
   for (int t = 0; t < MT; ++t) acc[t] = _mm512_setzero_ps();
   for (int64_t b0 = 0; b0 < nb; b0 += 16) {
     const int64_t n = std::min<int64_t>(16, nb - b0);
     const __m512 mult = block_multipliers(sc + b0, n);
-    for (int64_t c = 0; c < n; c += 2) {
-      const Chunk w = decode_chunk(blk + (b0 + c) * kMxfp4BlockBytes, c + 1 < n, table);
-      const __m512 s = _mm512_permutexvar_ps(_mm512_add_epi32(halves, _mm512_set1_epi32(static_cast<int>(c))), mult);
-      const int64_t off = (b0 + c) * kMxfp4Block;
+    for (int64_t q = 0; q < n; q += 4) {
+      const int64_t blocks = std::min<int64_t>(4, n - q);
+      const __mmask64 present = blocks == 4 ? ~__mmask64(0) : (__mmask64(1) << (16 * blocks)) - 1;
+      const __m512i bytes = _mm512_maskz_loadu_epi8(present, blk + (b0 + q) * kMxfp4BlockBytes);
+      const __m512i low = _mm512_unpacklo_epi8(bytes, zero), high = _mm512_unpackhi_epi8(bytes, zero);
+      const __m512i w0 = _mm512_permutexvar_epi16(low, table);  // even elements of bytes 0-7
+      const __m512i w1 = _mm512_permutexvar_epi16(_mm512_srli_epi16(low, 4), table);
+      const __m512i w2 = _mm512_permutexvar_epi16(high, table);  // even elements of bytes 8-15
+      const __m512i w3 = _mm512_permutexvar_epi16(_mm512_srli_epi16(high, 4), table);
+      const __m512 s = _mm512_permutexvar_ps(_mm512_load_si512(kLaneBlock[q / 4]), mult);
+      const int64_t off = (b0 + q) * kMxfp4Block;
       for (int t = 0; t < MT; ++t) {
-        const __m512 blocks = dot_pairs(dot_pairs(_mm512_setzero_ps(), w.even, x[t] + off), w.odd, x[t] + off + 32);
-        acc[t] = _mm512_fmadd_ps(blocks, s, acc[t]);
+        const uint16_t* xq = x[t] + off;
+        __m512 sum = dot_pairs(_mm512_setzero_ps(), w0, xq);
+        sum = dot_pairs(sum, w1, xq + 32);
+        sum = dot_pairs(sum, w2, xq + 64);
+        sum = dot_pairs(sum, w3, xq + 96);
+        acc[t] = _mm512_fmadd_ps(sum, s, acc[t]);
       }
     }
   }
