@@ -18,7 +18,8 @@
 //  - m >= kGemmMinTokens (prefill; compute-bound): the tile is decoded one K-step at a time (16 rows
 //    × 256 values, 16 KB of float32: L1) and that buffer is shared by all m tokens through a
 //    4-row × 3-token register-blocked kernel (gemm_4xt); the next tile is prefetched meanwhile.
-// No dequantised copy of a weight matrix is ever made: the largest decoded piece is that 16 KB step.
+// No dequantised copy of a weight matrix is ever made: the largest decoded piece is one tile's K-step
+// per thread (16 KB here; 32 rows × 3072 bf16 values, 192 KB of L2, in the AVX-512 BF16 path).
 //
 // AVX2 decoding of one 32-byte chunk (two MXFP4 blocks, block b in the low 128-bit lane, b+1 in the
 // high lane): the low/high nibbles index two pshufb tables that give the high and low byte of the

@@ -4,6 +4,8 @@ process holds a core)."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -14,6 +16,22 @@ def _single_intra_op_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def intra_op_threads():
+    """`with intra_op_threads(n):` runs a block on n intra-op threads (the package pins one)."""
+
+    @contextlib.contextmanager
+    def use(n: int):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
+
+    return use
 
 
 @pytest.fixture(scope="session")

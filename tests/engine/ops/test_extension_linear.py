@@ -111,17 +111,13 @@ def test_empty_and_zero_width(extension):
 
 
 @pytest.mark.parametrize("rows", [1, 3, 130])
-def test_two_threads_match_one(extension, rows):
+def test_two_threads_match_one(extension, rows, intra_op_threads):
     # Output rows are split between threads; each one's sum is computed the same way either way.
     g = torch.Generator().manual_seed(rows)
     x, w = torch.randn(rows, 300, generator=g), torch.randn(3001, 300, generator=g).to(torch.bfloat16)
     one = extension.linear(x, w, None)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with intra_op_threads(2):
         two = extension.linear(x, w, None)
-    finally:
-        torch.set_num_threads(threads)
     if rows <= 3:  # the streaming kernel: the same sums in the same order, whichever thread does them
         assert torch.equal(one, two)
     check(two, x, w, None)

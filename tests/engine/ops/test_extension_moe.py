@@ -163,19 +163,15 @@ def test_bfloat16_act_is_rounded_before_second_product(extension, case):
 
 
 @pytest.mark.parametrize("case", [(32, 4, 1, 2880, 160), (5, 2, 130, 160, 96), (32, 4, 33, 96, 2880)])
-def test_same_bits_with_any_thread_count(extension, case):
+def test_same_bits_with_any_thread_count(extension, case, intra_op_threads):
     # Each thread owns whole output rows and adds the experts' contributions in ascending expert
     # order, so the thread count must not change a single bit. These cases are large enough to be
     # split across threads (more than 2^17 multiply-adds per thread).
     args, _ = make_case(*case, seed=sum(case), dtype=torch.bfloat16)
-    threads = torch.get_num_threads()
-    try:
-        results = []
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
+    results = []
+    for n in (1, 2, 3):
+        with intra_op_threads(n):
             results.append(extension.moe_mxfp4(*args))
-    finally:
-        torch.set_num_threads(threads)
     assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
 
 

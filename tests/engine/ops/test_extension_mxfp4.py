@@ -47,17 +47,13 @@ def test_every_byte_at_every_scale(extension, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_many_blocks_two_threads_and_strided_input(extension, dtype):
+def test_many_blocks_two_threads_and_strided_input(extension, dtype, intra_op_threads):
     # More blocks than one task takes, split between two threads; the inputs are strided views.
     blocks, scales = random_case((3, 2), 2 * 2111, seed=7)
     blocks, scales = blocks[:, ::2], scales[:, ::2]  # [3, 1, 4222, 16] and [3, 1, 4222], not contiguous
     assert not blocks.is_contiguous() and not scales.is_contiguous()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with intra_op_threads(2):
         got = extension.mxfp4_dequantize(blocks, scales, dtype)
-    finally:
-        torch.set_num_threads(threads)
     assert_identical(got, decode_f64(blocks, scales).to(dtype))
 
 

@@ -228,17 +228,13 @@ def test_sink_is_not_scaled(extension):
     assert got.item() == pytest.approx(0.5, rel=4 * U32)
 
 
-def test_two_threads(extension):
+def test_two_threads(extension, intra_op_threads):
     # The conftest pins one thread; the tasks must also split correctly across threads.
     q, k, v, sinks, q_pos, k_pos = make_case(1, 130, 8, 2, 64, ring=70, empty=5, seed=9, kv_dtype=torch.bfloat16)
     args = (q, k, v, sinks, 0.125, 128, q_pos, k_pos)
     one = extension.sdpa_sinks(*args)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with intra_op_threads(2):
         two = extension.sdpa_sinks(*args)
-    finally:
-        torch.set_num_threads(threads)
     assert torch.equal(one, two)  # each row is computed by one task, the same way
 
 
