@@ -97,17 +97,8 @@ void dequantize(const uint8_t* blocks, const uint8_t* scales, int64_t n_blocks, 
 }  // namespace
 
 at::Tensor mxfp4_dequantize_cpu(const at::Tensor& blocks, const at::Tensor& scales, at::ScalarType dtype) {
-  GPTOSS_CHECK_DTYPE(blocks, at::kByte);
-  GPTOSS_CHECK_DTYPE(scales, at::kByte);
-  TORCH_CHECK(blocks.dim() >= 2 && blocks.size(-1) == kMxfp4BlockBytes, "blocks must have shape [..., nb, ",
-              kMxfp4BlockBytes, "], got ", blocks.sizes());
-  TORCH_CHECK(scales.sizes() == blocks.sizes().slice(0, blocks.dim() - 1), "scales must have shape ",
-              blocks.sizes().slice(0, blocks.dim() - 1), " (blocks without its last dim), got ", scales.sizes());
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "dtype must be float32 or bfloat16, got ", dtype);
-  GPTOSS_CHECK_SAME_DEVICE(blocks, scales);
+  const std::vector<int64_t> out_shape = mxfp4_dequantize_out_shape(blocks, scales, dtype);
   const at::Tensor bc = blocks.contiguous(), sc = scales.contiguous();
-  std::vector<int64_t> out_shape(blocks.sizes().begin(), blocks.sizes().end() - 1);
-  out_shape.back() *= kMxfp4Block;
   at::Tensor out = at::empty(out_shape, blocks.options().dtype(dtype));
   const int64_t n_blocks = sc.numel();
   if (dtype == at::kFloat)

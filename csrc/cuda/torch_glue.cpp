@@ -201,19 +201,10 @@ at::Tensor sdpa_sinks_cuda(const at::Tensor& q, const at::Tensor& k, const at::T
 }
 
 at::Tensor mxfp4_dequantize_cuda(const at::Tensor& blocks, const at::Tensor& scales, at::ScalarType dtype) {
-  GPTOSS_CHECK_DTYPE(blocks, at::kByte);
-  GPTOSS_CHECK_DTYPE(scales, at::kByte);
-  TORCH_CHECK(blocks.dim() >= 2 && blocks.size(-1) == kMxfp4BlockBytes, "blocks must have shape [..., nb, ",
-              kMxfp4BlockBytes, "], got ", blocks.sizes());
-  TORCH_CHECK(scales.sizes() == blocks.sizes().slice(0, blocks.dim() - 1), "scales must have shape ",
-              blocks.sizes().slice(0, blocks.dim() - 1), " (blocks without its last dim), got ", scales.sizes());
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "dtype must be float32 or bfloat16, got ", dtype);
+  const std::vector<int64_t> out_shape = mxfp4_dequantize_out_shape(blocks, scales, dtype);
   GPTOSS_CHECK_CUDA(blocks);
-  GPTOSS_CHECK_SAME_DEVICE(blocks, scales);
   const c10::cuda::OptionalCUDAGuard guard(blocks.device());
   const at::Tensor bc = blocks.contiguous(), sc = scales.contiguous();
-  std::vector<int64_t> out_shape(blocks.sizes().begin(), blocks.sizes().end() - 1);
-  out_shape.back() *= kMxfp4Block;
   at::Tensor out = at::empty(out_shape, blocks.options().dtype(dtype));
   Mxfp4DequantizeArgs args{};
   args.blocks = bc.data_ptr<uint8_t>();
