@@ -149,26 +149,34 @@ def test_progress_then_cancellation_then_a_working_request(target, mode):
 
 def test_concurrent_generates_while_the_protocol_stays_responsive(target):
     transport, where = target
+    max_tokens = 150  # long enough that a warm engine is still decoding while we measure
 
     async def main():
         async with client_for(transport, where, "auto") as client:
             results, latencies = {}, []
+            decoding = anyio.Event()
+
+            async def on_progress(progress, total, message):
+                if progress > 0:  # a completion token exists: the engine is decoding, not loading
+                    decoding.set()
 
             async def generate(name):
                 results[name] = _structured(await client.call_tool(
-                    "generate", {"prompt": f"Request {name}", "max_tokens": 40, "seed": 7}))
+                    "generate", {"prompt": f"Request {name}", "max_tokens": max_tokens, "seed": 7},
+                    progress_callback=on_progress))
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(generate, "a")
                 tg.start_soon(generate, "b")
-                await anyio.sleep(0.5)
+                await decoding.wait()
                 while len(results) < 2:
                     started = time.monotonic()
                     await client.list_tools()
                     status = await _read_json(client, "gptoss://status")
                     latencies.append((time.monotonic() - started, status["requests_in_flight"]))
-                    await anyio.sleep(0.2)
-            assert {r["usage"]["completion_tokens"] for r in results.values()} == {40}
+                    await anyio.sleep(0.05)
+            for r in results.values():  # ran to the limit, or sampled a stop token of the random model
+                assert r["usage"]["completion_tokens"] == max_tokens or r["finish_reason"] == "stop", r
             during = [latency for latency, in_flight in latencies if in_flight]
             assert during and max(during) < 1.0, latencies
 
