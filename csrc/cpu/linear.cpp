@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "../check.h"
+#include "amx.h"
 #include "gemm_bf16.h"
 #include "vec.h"
 
@@ -193,6 +194,85 @@ void linear_bf16(const uint16_t* x, int64_t rows, int64_t in, int64_t ldx, const
 }
 #endif
 
+#if GPTOSS_HAVE_AMX_KERNELS
+// Many rows of x with bf16 weights on AMX CPUs: W is the A operand, read in place (32 rows = two A
+// tiles per kernel call; a panel whose rows or columns do not fill whole tiles is first copied into a
+// zero-padded buffer), x is packed once into B panels. Tokens go in groups whose B panels stay in L2
+// while a thread's panels of W pass under them.
+constexpr int64_t kAmxGroupTokens = 256;  // 256 tokens × 2880 values: 1.5 MB of B panels
+
+// amx::pack_b's source for x rows: K tile j of token n is values 32j..32j + 31, pairs in order.
+struct NaturalPairs {
+  const uint16_t* x;
+  int64_t ldx, in;
+  GPTOSS_AMX __m512i operator()(int64_t n, int64_t j) const {
+    const int64_t k = j * amx::kTileK, left = std::min<int64_t>(amx::kTileK, in - k);
+    return _mm512_maskz_loadu_epi16(left >= 32 ? ~__mmask32(0) : (__mmask32(1) << left) - 1, x + n * ldx + k);
+  }
+};
+
+// y[t0 + t][j0 + r] = c[r][t] + bias[j0 + r] for r < n (≤ 32), t < tokens: 16×16 blocks of c
+// ([32][ldc], row-major) transposed in registers.
+GPTOSS_AMX void store_transposed(const float* c, int64_t ldc, int64_t n, int64_t tokens, const float* bias,
+                                 float* y, int64_t ldy) {
+  for (int64_t r0 = 0; r0 < n; r0 += 16) {
+    const int64_t nr = std::min<int64_t>(16, n - r0);
+    const __mmask16 row_mask = static_cast<__mmask16>((1u << nr) - 1);
+    const __m512 bias_v = bias ? _mm512_maskz_loadu_ps(row_mask, bias + r0) : _mm512_setzero_ps();
+    for (int64_t tb = 0; tb < tokens; tb += 16) {
+      __m512i block[16];
+      for (int i = 0; i < 16; ++i) block[i] = _mm512_loadu_si512(c + (r0 + i) * ldc + tb);
+      gemm_bf16::transpose16x16(block);
+      for (int64_t t = 0; t < std::min<int64_t>(16, tokens - tb); ++t)
+        _mm512_mask_storeu_ps(y + (tb + t) * ldy + r0, row_mask, _mm512_add_ps(_mm512_castsi512_ps(block[t]), bias_v));
+    }
+  }
+}
+
+void linear_amx(const uint16_t* x, int64_t rows, int64_t in, int64_t ldx, const uint16_t* w, int64_t ldw,
+                int64_t out_features, const float* bias, float* y) {
+  using amx::kRows;
+  const int64_t k_tiles = (in + amx::kTileK - 1) / amx::kTileK;
+  const int64_t token_tiles = (rows + amx::kTileTokens - 1) / amx::kTileTokens;
+  std::vector<uint16_t> b(token_tiles * k_tiles * amx::kBTileWords);
+  at::parallel_for(0, token_tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t tt = begin; tt < end; ++tt) {
+      const int64_t t0 = tt * amx::kTileTokens;
+      amx::pack_b(std::min<int64_t>(amx::kTileTokens, rows - t0), k_tiles, NaturalPairs{x + t0 * ldx, ldx, in},
+                  b.data() + tt * k_tiles * amx::kBTileWords);
+    }
+  });
+  const int64_t panels = (out_features + kRows - 1) / kRows;
+  const int64_t group_tiles = kAmxGroupTokens / amx::kTileTokens;
+  at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
+    amx::TileScope tiles;
+    tiles.ensure();
+    std::vector<float> c(kRows * group_tiles * amx::kTileTokens);
+    std::vector<uint16_t> padded;  // [32][k_tiles·32]: a panel that is not whole tiles
+    for (int64_t g = 0; g < token_tiles; g += group_tiles) {
+      const int64_t tiles_here = std::min(group_tiles, token_tiles - g), t0 = g * amx::kTileTokens;
+      const int64_t tokens = std::min(rows - t0, tiles_here * amx::kTileTokens), ldc = tiles_here * amx::kTileTokens;
+      for (int64_t panel = begin; panel < end; ++panel) {
+        const int64_t j0 = panel * kRows, n = std::min(kRows, out_features - j0);
+        const char* a = reinterpret_cast<const char*>(w + j0 * ldw);
+        int64_t lda = ldw * 2;
+        if (n < kRows || in % amx::kTileK != 0) {
+          const int64_t width = k_tiles * amx::kTileK;
+          padded.assign(kRows * width, 0);
+          for (int64_t r = 0; r < n; ++r) std::copy(w + (j0 + r) * ldw, w + (j0 + r) * ldw + in, padded.begin() + r * width);
+          a = reinterpret_cast<const char*>(padded.data());
+          lda = width * 2;
+        }
+        amx::rows_times_all_tokens(a, lda, amx::kTileK * 2, 16 * lda, b.data() + g * k_tiles * amx::kBTileWords, tokens,
+                                   k_tiles, c.data(), ldc);
+        store_transposed(c.data(), ldc, n, tokens, bias ? bias + j0 : nullptr, y + t0 * out_features + j0,
+                         out_features);
+      }
+    }
+  });
+}
+#endif
+
 }  // namespace
 
 at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias_opt) {
@@ -237,6 +317,15 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::
                        y.data_ptr<float>());
     return out;
   }
+#if GPTOSS_HAVE_AMX_KERNELS
+  if (rows > kStreamMaxRows && in > 0 && w.scalar_type() == at::kBFloat16 && amx_enabled()) {
+    const at::Tensor xb = x_w.contiguous();
+    linear_amx(reinterpret_cast<const uint16_t*>(xb.data_ptr<c10::BFloat16>()), rows, in, in,
+               reinterpret_cast<const uint16_t*>(w.data_ptr<c10::BFloat16>()), ldw, out_features, bp,
+               y.data_ptr<float>());
+    return out;
+  }
+#endif
   if (rows > kStreamMaxRows && in > 0 && w.scalar_type() == at::kBFloat16 && avx512_bf16_enabled()) {
     // rows padded to an even length: a pair never reaches into the next row
     const at::Tensor xb = at::constant_pad_nd(x_w, {0, in % 2}).contiguous();

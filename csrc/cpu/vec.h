@@ -1,4 +1,4 @@
-// Small CPU helpers: bf16 <-> fp32, AVX2 building blocks (with scalar fallbacks), AVX-512 BF16 dispatch.
+// Small CPU helpers: bf16 <-> fp32, AVX2 building blocks (with scalar fallbacks), the choice of kernel family.
 #pragma once
 #include <c10/util/BFloat16.h>
 #include <cstdint>
@@ -8,12 +8,19 @@
 #define GPTOSS_AVX2 1
 #endif
 
-// AVX-512 BF16 kernels carry this target attribute, so they compile with the AVX2 flags of the rest
-// of the extension; callers must check avx512_bf16_enabled() first.
+// AVX-512 BF16 and AMX kernels carry target attributes, so they compile with the AVX2 flags of the
+// rest of the extension; callers must check avx512_bf16_enabled() / amx_enabled() first.
 #if GPTOSS_AVX2 && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <cstdlib>
 #define GPTOSS_HAVE_AVX512_BF16_KERNELS 1
 #define GPTOSS_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+#if defined(__clang__) || __GNUC__ >= 11  // the first GCC with the AMX intrinsics
+#define GPTOSS_HAVE_AMX_KERNELS 1
+#define GPTOSS_AMX __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,amx-tile,amx-bf16")))
+#endif
 #endif
 
 namespace gptoss {
@@ -21,15 +28,42 @@ namespace gptoss {
 inline float bf16_to_float(c10::BFloat16 v) { return static_cast<float>(v); }
 
 #if GPTOSS_HAVE_AVX512_BF16_KERNELS
-// True when this CPU runs the AVX-512 BF16 kernels and GPTOSS_CPU_ISA does not ask for the AVX2 ones
-// (read on every call, so a test or a user can switch without rebuilding).
-inline bool avx512_bf16_enabled() {
-  static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-                                __builtin_cpu_supports("avx512bf16");
-  const char* isa = std::getenv("GPTOSS_CPU_ISA");
-  return supported && !(isa != nullptr && std::strcmp(isa, "avx2") == 0);
+// The kernel families for bf16 work, each needing the one before: AVX2+FMA, AVX-512 BF16 (vdpbf16ps),
+// AMX-BF16 (tile matrix multiply, Sapphire Rapids and later).
+enum class CpuIsa { kAvx2 = 0, kAvx512Bf16 = 1, kAmx = 2 };
+
+inline bool cpu_has_avx512_bf16() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                          __builtin_cpu_supports("avx512bf16");
+  return has;
 }
+
+// Linux lends the 8 KB of AMX tile state to a process only when asked (arch_prctl
+// ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA); the grant covers all its threads.
+inline bool cpu_has_amx() {
+#if GPTOSS_HAVE_AMX_KERNELS && defined(__linux__)
+  static const bool has = cpu_has_avx512_bf16() && __builtin_cpu_supports("amx-tile") &&
+                          __builtin_cpu_supports("amx-bf16") &&
+                          syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+  return has;
+#else
+  return false;
+#endif
+}
+
+// The best family this CPU runs, capped by GPTOSS_CPU_ISA (avx2 | avx512_bf16 | amx; read on every call,
+// so a test or a user can switch without rebuilding).
+inline CpuIsa cpu_isa() {
+  CpuIsa best = cpu_has_amx() ? CpuIsa::kAmx : cpu_has_avx512_bf16() ? CpuIsa::kAvx512Bf16 : CpuIsa::kAvx2;
+  const char* cap = std::getenv("GPTOSS_CPU_ISA");
+  if (cap != nullptr && std::strcmp(cap, "avx2") == 0) return CpuIsa::kAvx2;
+  if (cap != nullptr && std::strcmp(cap, "avx512_bf16") == 0 && best == CpuIsa::kAmx) return CpuIsa::kAvx512Bf16;
+  return best;
+}
+
+inline bool avx512_bf16_enabled() { return cpu_isa() >= CpuIsa::kAvx512Bf16; }
+inline bool amx_enabled() { return cpu_isa() == CpuIsa::kAmx; }
 #endif
 
 #if GPTOSS_AVX2

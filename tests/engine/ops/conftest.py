@@ -44,23 +44,33 @@ def extension():
     return module
 
 
-def cpu_has_avx512_bf16() -> bool:
+def _cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+            return set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
     except OSError:
-        return False
-    return {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16"} <= set(flags)
+        return set()
 
 
-@pytest.fixture(params=["avx2", "avx512_bf16"])
+def cpu_has_avx512_bf16() -> bool:
+    return {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16"} <= _cpu_flags()
+
+
+def cpu_has_amx() -> bool:
+    return cpu_has_avx512_bf16() and {"amx_tile", "amx_bf16"} <= _cpu_flags()
+
+
+@pytest.fixture(params=["avx2", "avx512_bf16", "amx"])
 def cpu_isa(request, monkeypatch):
-    """Runs a test once with the AVX2 kernels (GPTOSS_CPU_ISA=avx2, which the kernels read on every
-    call) and once with the AVX-512 BF16 kernels where the CPU has them."""
-    if request.param == "avx2":
-        monkeypatch.setenv("GPTOSS_CPU_ISA", "avx2")
-    elif not cpu_has_avx512_bf16():
+    """Runs a test once per kernel family the CPU has: the AVX2 kernels (GPTOSS_CPU_ISA=avx2, which the
+    kernels read on every call), the AVX-512 BF16 ones (GPTOSS_CPU_ISA=avx512_bf16) and the AMX ones
+    (no cap: the best the CPU has)."""
+    if request.param == "avx512_bf16" and not cpu_has_avx512_bf16():
         pytest.skip("this CPU has no AVX-512 BF16: the AVX2 kernels are the ones it runs")
-    else:
+    if request.param == "amx" and not cpu_has_amx():
+        pytest.skip("this CPU has no AMX-BF16")
+    if request.param == "amx":
         monkeypatch.delenv("GPTOSS_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("GPTOSS_CPU_ISA", request.param)
     return request.param

@@ -1,5 +1,6 @@
 """C++ linear against a float64 truth and the reference: both CPU paths (the streaming kernel for a few
-rows of x, widening + sgemm for many), bf16 and fp32 weights, odd sizes, strides, opcheck, errors.
+rows of x; for many, widening + sgemm, or with bf16 weights vdpbf16ps panels on AVX-512 BF16 CPUs
+and tile multiplies on AMX ones), bf16 and fp32 weights, odd sizes, strides, opcheck, errors.
 
 The kernel accumulates in float32 and returns float32; unlike the reference it never rounds the
 product to bfloat16, so it is compared with the exact product of the inputs it actually multiplies
@@ -17,14 +18,16 @@ from tests.engine.ops.naive import U32, U_BF16
 
 
 @pytest.fixture(autouse=True)
-def _both_instruction_sets(cpu_isa):
-    """Every test here runs on the AVX2 kernels and on the AVX-512 BF16 ones."""
+def _every_instruction_set(cpu_isa):
+    """Every test here runs on each kernel family the CPU has (AVX2, AVX-512 BF16, AMX)."""
 
 # Few rows take the streaming kernel, many the sgemm path (or, for bf16 weights on AVX-512 BF16 CPUs,
-# 4 W rows × 6 x rows register tiles: 9, 12, 13, 17 and 130 leave every remainder mod 6).
-ROWS = [1, 2, 3, 5, 9, 12, 13, 17, 130]
+# 32 W rows × up to 12 x rows register tiles: 9, 12, 13, 17 and 130 leave several remainders; on AMX
+# CPUs 16-token tiles, in pairs: 17 and 130 end in a lone, partial tile, 300 crosses a 256-token group).
+ROWS = [1, 2, 3, 5, 9, 12, 13, 17, 130, 300]
 # (in, out): in below one vector (all tail), odd sizes, and a model width whose 600 rows span
-# several widened blocks in the sgemm path (and several 64-row tasks in the bf16 one).
+# several widened blocks in the sgemm path (and several 32-row panels in the bf16 ones: 2880 is whole
+# AMX tiles, read in place, the last panel of 24 rows goes through a zero-padded copy).
 SIZES = [(1, 1), (13, 5), (97, 33), (2880, 600)]
 
 
