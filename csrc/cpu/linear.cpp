@@ -195,10 +195,9 @@ void linear_bf16(const uint16_t* x, int64_t rows, int64_t in, int64_t ldx, const
 #endif
 
 #if GPTOSS_HAVE_AMX_KERNELS
-// Many rows of x with bf16 weights on AMX CPUs: W is the A operand, read in place (32 rows = two A
-// tiles per kernel call; a panel whose rows or columns do not fill whole tiles is first copied into a
-// zero-padded buffer), x is packed once into B panels. Tokens go in groups whose B panels stay in L2
-// while a thread's panels of W pass under them.
+// Many rows of x with bf16 weights on AMX CPUs: W is the A operand, x is packed once into B panels.
+// A thread copies each of its 32-row panels into aligned A tiles (amx::pack_a) and multiplies it with
+// a group of tokens whose B panels stay in L2 while the thread's panels pass under them.
 constexpr int64_t kAmxGroupTokens = 256;  // 256 tokens × 2880 values: 1.5 MB of B panels
 
 // amx::pack_b's source for x rows: K tile j of token n is values 32j..32j + 31, pairs in order.
@@ -234,7 +233,7 @@ void linear_amx(const uint16_t* x, int64_t rows, int64_t in, int64_t ldx, const 
   using amx::kRows;
   const int64_t k_tiles = (in + amx::kTileK - 1) / amx::kTileK;
   const int64_t token_tiles = (rows + amx::kTileTokens - 1) / amx::kTileTokens;
-  std::vector<uint16_t> b(token_tiles * k_tiles * amx::kBTileWords);
+  amx::AlignedVector<uint16_t> b(token_tiles * k_tiles * amx::kBTileWords);
   at::parallel_for(0, token_tiles, 1, [&](int64_t begin, int64_t end) {
     for (int64_t tt = begin; tt < end; ++tt) {
       const int64_t t0 = tt * amx::kTileTokens;
@@ -247,24 +246,17 @@ void linear_amx(const uint16_t* x, int64_t rows, int64_t in, int64_t ldx, const 
   at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
     amx::TileScope tiles;
     tiles.ensure();
-    std::vector<float> c(kRows * group_tiles * amx::kTileTokens);
-    std::vector<uint16_t> padded;  // [32][k_tiles·32]: a panel that is not whole tiles
+    amx::AlignedVector<float> c(kRows * group_tiles * amx::kTileTokens);
+    amx::AlignedVector<uint16_t> a(k_tiles * amx::kATileWords);
     for (int64_t g = 0; g < token_tiles; g += group_tiles) {
       const int64_t tiles_here = std::min(group_tiles, token_tiles - g), t0 = g * amx::kTileTokens;
       const int64_t tokens = std::min(rows - t0, tiles_here * amx::kTileTokens), ldc = tiles_here * amx::kTileTokens;
       for (int64_t panel = begin; panel < end; ++panel) {
         const int64_t j0 = panel * kRows, n = std::min(kRows, out_features - j0);
-        const char* a = reinterpret_cast<const char*>(w + j0 * ldw);
-        int64_t lda = ldw * 2;
-        if (n < kRows || in % amx::kTileK != 0) {
-          const int64_t width = k_tiles * amx::kTileK;
-          padded.assign(kRows * width, 0);
-          for (int64_t r = 0; r < n; ++r) std::copy(w + (j0 + r) * ldw, w + (j0 + r) * ldw + in, padded.begin() + r * width);
-          a = reinterpret_cast<const char*>(padded.data());
-          lda = width * 2;
-        }
-        amx::rows_times_all_tokens(a, lda, amx::kTileK * 2, 16 * lda, b.data() + g * k_tiles * amx::kBTileWords, tokens,
-                                   k_tiles, c.data(), ldc);
+        amx::pack_a(w + j0 * ldw, ldw, n, in, k_tiles, a.data());
+        amx::rows_times_all_tokens(reinterpret_cast<const char*>(a.data()), 2 * amx::kTileK, 2 * amx::kATileWords,
+                                   16 * 2 * amx::kTileK, b.data() + g * k_tiles * amx::kBTileWords, tokens, k_tiles,
+                                   c.data(), ldc);
         store_transposed(c.data(), ldc, n, tokens, bias ? bias + j0 : nullptr, y + t0 * out_features + j0,
                          out_features);
       }

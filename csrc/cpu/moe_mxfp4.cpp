@@ -45,6 +45,7 @@
 #include "../check.h"
 #include "../mxfp4.h"
 #include "gemm_bf16.h"
+#include "moe_mxfp4_amx.h"
 #include "moe_mxfp4_bf16.h"
 #include "vec.h"
 
@@ -342,6 +343,9 @@ struct FloatPath {
     GemmScratch gemm;
   };
 
+  // Called once per expert and phase, before its tiles, with its m input rows of k values.
+  static void begin_expert(const float* const* /*x*/, int64_t /*m*/, int64_t /*k*/, Scratch& /*s*/) {}
+
   // c[(r - r0)·m + t] = W[e][r]·x_t for the tile's rows and the m tokens routed to expert e: in
   // registers for a few tokens, through a decoded K-step buffer for more (AVX2 builds).
   static void tile_product(const Mxfp4Matrix& w, int64_t e, int64_t r0, int64_t r1, const float* const* x, int64_t m,
@@ -390,6 +394,8 @@ struct Bf16Path {
     std::vector<const uint16_t*> x; // the tokens' rows at the K-step
   };
 
+  static void begin_expert(const uint16_t* const* /*x*/, int64_t /*m*/, int64_t /*k*/, Scratch& /*s*/) {}
+
   GPTOSS_AVX512_BF16 static void tile_product(const Mxfp4Matrix& w, int64_t e, int64_t r0, int64_t r1,
                                               const uint16_t* const* x, int64_t m, float* c, Scratch& s) {
     if (m >= kGemmMinTokens) return tile_product_gemm(w, e, r0, r1, x, m, c, s);
@@ -429,6 +435,47 @@ struct Bf16Path {
     }
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t t = 0; t < m; ++t) c[r * m + t] = s.acc[t * kTileRows + r];
+  }
+};
+#endif
+
+#if GPTOSS_HAVE_AMX_KERNELS
+// The AMX path (bf16 inputs, AMX CPUs): Bf16Path's input rows and few-token kernel; from
+// kAmxMinTokens tokens per expert a tile is decoded into A tiles (moe_mxfp4_amx.h) and multiplied
+// with the expert's B panels, packed once per expert and phase.
+struct AmxPath : Bf16Path {
+  static constexpr int64_t kAmxMinTokens = 4;
+  static_assert(kTileRows == amx::kRows, "a tile of rows is one pair of A tiles");
+
+  struct Scratch : Bf16Path::Scratch {
+    amx::TileScope tiles;
+    amx::AlignedVector<uint16_t> a;  // [K tiles][32 rows][32]: the tile, decoded and scaled
+    amx::AlignedVector<uint16_t> b;  // the expert's B panels
+    amx::AlignedVector<float> c;     // [32][m rounded up to 16]
+  };
+
+  static int64_t k_tiles(int64_t nb) { return 2 * ((nb + 1) / 2); }  // two per chunk
+
+  static void begin_expert(const uint16_t* const* x, int64_t m, int64_t k, Scratch& s) {
+    if (m < kAmxMinTokens) return;
+    const int64_t tiles = k_tiles(k / kMxfp4Block);
+    s.b.resize((m + amx::kTileTokens - 1) / amx::kTileTokens * tiles * amx::kBTileWords);
+    amx::pack_b(m, tiles, moe_amx::ChunkHalves{x}, s.b.data());
+  }
+
+  static void tile_product(const Mxfp4Matrix& w, int64_t e, int64_t r0, int64_t r1, const uint16_t* const* x,
+                           int64_t m, float* c, Scratch& s) {
+    if (m < kAmxMinTokens) return Bf16Path::tile_product(w, e, r0, r1, x, m, c, s);
+    TORCH_INTERNAL_ASSERT(r1 - r0 == kTileRows, "expert matrices have whole 32-row tiles");
+    const int64_t tiles = k_tiles(w.nb), ldc = (m + amx::kTileTokens - 1) / amx::kTileTokens * amx::kTileTokens;
+    s.a.resize(tiles * moe_amx::kATileWords);
+    for (int64_t r = r0; r < r1; ++r) moe_amx::decode_row(w.row_blocks(e, r), w.row_scales(e, r), w.nb, r - r0, s.a.data());
+    prefetch_next_tile(w, e, r1, kTileRows, 0, 1);  // into L2 while the tiles multiply
+    s.tiles.ensure();
+    s.c.resize(kTileRows * ldc);
+    amx::rows_times_all_tokens(reinterpret_cast<const char*>(s.a.data()), 2 * amx::kTileK,
+                               2 * moe_amx::kATileWords, 16 * 2 * amx::kTileK, s.b.data(), m, tiles, s.c.data(), ldc);
+    for (int64_t r = 0; r < kTileRows; ++r) std::copy(s.c.data() + r * ldc, s.c.data() + r * ldc + m, c + r * m);
   }
 };
 #endif
@@ -524,6 +571,7 @@ void moe_forward(const Problem& pb, const typename Path::Value* xc, float* out) 
     for (int64_t i = 0; i < used; ++i) {
       const int64_t e = routing.experts[i], q0 = routing.begin[i], m = routing.begin[i + 1] - q0;
       const float* b1e = pb.b1 + e * 2 * I;
+      Path::begin_expert(x_rows.data() + q0, m, D, scratch);
       for (int64_t tile = begin; tile < end; ++tile) {
         const int64_t r0 = tile * Path::kTileRows, r1 = std::min(2 * I, r0 + Path::kTileRows);
         Path::tile_product(pb.w1, e, r0, r1, x_rows.data() + q0, m, c.data(), scratch);
@@ -549,6 +597,7 @@ void moe_forward(const Problem& pb, const typename Path::Value* xc, float* out) 
     for (int64_t i = 0; i < used; ++i) {
       const int64_t e = routing.experts[i], q0 = routing.begin[i], m = routing.begin[i + 1] - q0;
       const float* b2e = pb.b2 + e * D;
+      Path::begin_expert(act_rows.data() + q0, m, I, scratch);
       for (int64_t tile = begin; tile < end; ++tile) {
         const int64_t r0 = tile * Path::kTileRows, r1 = std::min(D, r0 + Path::kTileRows);
         Path::tile_product(pb.w2, e, r0, r1, act_rows.data() + q0, m, c.data(), scratch);
@@ -639,6 +688,12 @@ at::Tensor moe_mxfp4_cpu(const at::Tensor& x, const at::Tensor& expert_ids, cons
     const int64_t width = Bf16Path::padded_width(D);
     std::vector<uint16_t> x_rows(static_cast<size_t>(N) * Bf16Path::kCopies * width);
     to_input_rows<Bf16Path>(xc.data_ptr<c10::BFloat16>(), N, D, width, x_rows.data());
+#if GPTOSS_HAVE_AMX_KERNELS
+    if (amx_enabled()) {
+      moe_forward<AmxPath>(pb, x_rows.data(), out.data_ptr<float>());
+      return out;
+    }
+#endif
     moe_forward<Bf16Path>(pb, x_rows.data(), out.data_ptr<float>());
     return out;
   }

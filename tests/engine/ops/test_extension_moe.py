@@ -8,7 +8,9 @@ two paths: experts with fewer than 4 routed tokens run the in-register path (up 
 decoded row), experts with 4 or more the buffered K-step path (4 rows × 3 tokens per register tile
 in float32, 32 rows × up to 12 tokens with AVX-512 BF16, so token counts of every residue mod 12 are
 covered); odd block counts exercise the zero-padded last chunk and D = 2880 exercises several
-float32 K-steps. Every test runs on both instruction sets (the `cpu_isa` fixture).
+float32 K-steps. Every test runs on each kernel family the CPU has (the `cpu_isa` fixture); on AMX
+CPUs experts with 4 or more tokens take the tile-multiply path (16-token tiles in pairs: the same
+token counts cover full, paired and lone partial tiles).
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ GEMM_MIN_TOKENS = 4  # kGemmMinTokens in moe_mxfp4.cpp: the switch between the t
 
 
 @pytest.fixture(autouse=True)
-def _both_instruction_sets(cpu_isa):
-    """Every test here runs on the AVX2 kernels and on the AVX-512 BF16 ones (bf16 inputs)."""
+def _every_instruction_set(cpu_isa):
+    """Every test here runs on each kernel family the CPU has (AVX2, AVX-512 BF16, AMX; bf16 inputs
+    for the last two)."""
 
 # (E, A, N, D, I): D and I multiples of 32, none a power of two; D/32 and I/32 are odd except for 2880.
 GRID = [
@@ -65,17 +68,19 @@ def test_grid_crosses_both_paths_and_repeats_experts():
     assert {m % 12 for m in counts if m >= GEMM_MIN_TOKENS} == set(range(12))
 
 
-def test_bf16_inputs_take_the_avx512_bf16_kernels_where_the_cpu_has_them(extension, cpu_isa, monkeypatch):
-    # The two instruction sets sum in different orders: bitwise different, both within the bounds above.
-    if cpu_isa != "avx512_bf16":
-        pytest.skip("compares the AVX-512 BF16 kernels with the AVX2 ones")
-    for N in (1, 33):  # in-register and buffered paths
+def test_bf16_inputs_take_the_kernels_of_the_chosen_family(extension, cpu_isa, monkeypatch):
+    # The families sum in different orders: bitwise different, all within the bounds above. AMX takes
+    # over from AVX-512 BF16 at 4 tokens per expert (one token: the same in-register kernel).
+    lower = {"avx512_bf16": ("avx2", (1, 33)), "amx": ("avx512_bf16", (33,))}
+    if cpu_isa not in lower:
+        pytest.skip("the AVX2 kernels are the lowest family")
+    below, token_counts = lower[cpu_isa]
+    for N in token_counts:
         args, _ = make_case(32, 4, N, 2880, 160, seed=N, dtype=torch.bfloat16)
-        native = extension.moe_mxfp4(*args)
-        monkeypatch.setenv("GPTOSS_CPU_ISA", "avx2")
-        avx2 = extension.moe_mxfp4(*args)
-        monkeypatch.delenv("GPTOSS_CPU_ISA")
-        assert not torch.equal(native, avx2)
+        native = extension.moe_mxfp4(*args)  # the family the fixture chose
+        with monkeypatch.context() as env:
+            env.setenv("GPTOSS_CPU_ISA", below)
+            assert not torch.equal(native, extension.moe_mxfp4(*args))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -1,0 +1,86 @@
+// The AMX pieces of moe_mxfp4 (csrc/cpu/moe_mxfp4.cpp) for many tokens per expert with bf16 inputs.
+//
+// A tile of 32 weight rows is decoded once into A tiles (amx.h) and multiplied with the B panels of
+// all the expert's tokens. The block scale is folded into the decoded values: bf16(v·2^(s-127)) for
+// FP4 value v and scale byte s is looked up in a 256 × 16 table, exact wherever it is a bf16 normal
+// (2 ≤ s ≤ 252 for every v); like the other bf16 paths, the tile multiply then reads subnormals as zero
+// (scale bytes 0 and 1) and 255 gives inf, or NaN for zeros.
+//
+// K order. A 32-byte chunk (blocks b, b + 1 of a row: its values 64c..64c + 63) is widened to 32 words;
+// one vpermw turns the low nibbles into the chunk's even values and another the high nibbles into its
+// odd ones, with bit 4 of the index picking block b's or block b + 1's scaled table. The even values
+// are K tile 2c (slot s = value 2s of the chunk), the odd ones K tile 2c + 1 (slot s = value 2s + 1), so
+// a token's B panel for K tile 2c + h holds the pairs (x[64c + 4kp + h], x[64c + 4kp + 2 + h]):
+// the even or odd words of the token's chunk, one permute away from its element-order row.
+#pragma once
+
+#include "amx.h"
+
+#if GPTOSS_HAVE_AMX_KERNELS
+#include <cstdint>
+
+#include "../mxfp4.h"
+
+namespace gptoss {
+namespace moe_amx {
+
+using amx::kATileWords;
+
+struct ScaledFp4Table {
+  alignas(64) uint16_t value[256][16];  // bf16 bits of fp4_value(v)·2^(s-127), [s][v]
+  ScaledFp4Table() {
+    for (int s = 0; s < 256; ++s) {
+      for (int v = 0; v < 16; ++v) {
+        const float f = fp4_value(static_cast<uint8_t>(v)) * e8m0_multiplier(static_cast<uint8_t>(s));
+        uint32_t bits;
+        std::memcpy(&bits, &f, sizeof(bits));
+        value[s][v] = static_cast<uint16_t>(bits >> 16);  // exact: the product has at most 2 significant bits
+      }
+    }
+  }
+};
+inline const ScaledFp4Table& scaled_fp4_table() {
+  static const ScaledFp4Table table;
+  return table;
+}
+
+// Row r (0..31) of a 32-row tile: its nb blocks decoded and scaled into K tiles 0 .. 2·ceil(nb/2) - 1,
+// out[j·kATileWords + r·32 + slot]. A lone last block leaves the chunk's second half zero.
+GPTOSS_AMX inline void decode_row(const uint8_t* blk, const uint8_t* sc, int64_t nb, int64_t r, uint16_t* out) {
+  const ScaledFp4Table& table = scaled_fp4_table();
+  const __m512i block_bit = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(0x10), 1);
+  const __m512i low_nibble = _mm512_set1_epi16(0x0F);
+  uint16_t* even = out + r * amx::kTileK;
+  for (int64_t b = 0; b < nb; b += 2, even += 2 * kATileWords) {
+    const bool two_blocks = b + 1 < nb;
+    const __m256i bytes = two_blocks ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + b * kMxfp4BlockBytes))
+                                     : _mm256_zextsi128_si256(_mm_loadu_si128(
+                                           reinterpret_cast<const __m128i*>(blk + b * kMxfp4BlockBytes)));
+    const __m512i words = _mm512_cvtepu8_epi16(bytes);
+    const __m512i scaled = _mm512_inserti64x4(
+        _mm512_castsi256_si512(_mm256_load_si256(reinterpret_cast<const __m256i*>(table.value[sc[b]]))),
+        _mm256_load_si256(reinterpret_cast<const __m256i*>(table.value[two_blocks ? sc[b + 1] : 127])), 1);
+    const __m512i lo = _mm512_ternarylogic_epi32(words, low_nibble, block_bit, 0xEA);  // (w & 0xF) | bit
+    const __m512i hi = _mm512_or_si512(_mm512_srli_epi16(words, 4), block_bit);
+    _mm512_storeu_si512(even, _mm512_permutexvar_epi16(lo, scaled));
+    _mm512_storeu_si512(even + kATileWords, _mm512_permutexvar_epi16(hi, scaled));
+  }
+}
+
+// amx::pack_b's source for the experts' inputs: token n's element-order row (zero padded to whole
+// chunks); K tile 2c + h is the even (h = 0) or odd (h = 1) words of chunk c.
+struct ChunkHalves {
+  const uint16_t* const* rows;
+  GPTOSS_AMX __m512i operator()(int64_t n, int64_t j) const {
+    alignas(64) static constexpr uint16_t kEven[32] = {0,  2,  4,  6,  8,  10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30,
+                                                       32, 34, 36, 38, 40, 42, 44, 46, 48, 50, 52, 54, 56, 58, 60, 62};
+    const uint16_t* chunk = rows[n] + j / 2 * 2 * amx::kTileK;
+    const __m512i index = _mm512_add_epi16(_mm512_load_si512(kEven), _mm512_set1_epi16(static_cast<int16_t>(j & 1)));
+    return _mm512_permutex2var_epi16(_mm512_loadu_si512(chunk), index, _mm512_loadu_si512(chunk + 32));
+  }
+};
+
+}  // namespace moe_amx
+}  // namespace gptoss
+
+#endif
