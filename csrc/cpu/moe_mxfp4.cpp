@@ -325,8 +325,49 @@ void group_product(const Mxfp4Matrix& w, int64_t e, int64_t r0, int64_t r1, cons
     for (int t = 0; t < MT; ++t) c[r * m + t0 + t] = lanes_sum(acc + (r * MT + t) * kLanes);
 }
 
+// What every path does with a tile's products c[(r - r0)·m + t] (m tokens of one expert), element by
+// element. Phase 1: act row t gets value r/2 = swiglu(gate r, up r + 1), rounded to bf16 when the
+// compute dtype is (act: m rows of Iw values, Path::put's layout of width Ip). Phase 2: output row
+// n = order[t] / A gets weights[order[t]]·(c + b2) added for rows [r0, r1).
+struct Epilogue {
+  float alpha, limit;
+  bool act_bf16;
+  const float* weights;  // [N·A], by pair
+  int64_t A;
+};
+
+inline float swiglu(float gate, float up, float alpha, float limit) {
+  const float g = std::min(gate, limit);  // NaN stays NaN, as with torch.clamp
+  const float u = std::max(std::min(up, limit), -limit);
+  return g * (1.0f / (1.0f + std::exp(-(alpha * g)))) * (u + 1.0f);
+}
+
+template <typename Path>
+struct ScalarEpilogue {
+  template <typename Value>
+  static void store_act(const Epilogue& ep, const float* c, int64_t m, int64_t r0, int64_t r1, const float* b1,
+                        Value* act, int64_t Iw, int64_t Ip) {
+    for (int64_t t = 0; t < m; ++t) {
+      for (int64_t r = r0; r < r1; r += 2) {
+        float v = swiglu(c[(r - r0) * m + t] + b1[r], c[(r + 1 - r0) * m + t] + b1[r + 1], ep.alpha, ep.limit);
+        if (ep.act_bf16) v = static_cast<float>(c10::BFloat16(v));
+        Path::put(act + t * Iw, Ip, r / 2, v);
+      }
+    }
+  }
+
+  static void add_down(const Epilogue& ep, const float* c, int64_t m, int64_t r0, int64_t r1, const float* b2,
+                       const int64_t* order, float* out, int64_t D) {
+    for (int64_t t = 0; t < m; ++t) {
+      const float w = ep.weights[order[t]];
+      float* o = out + (order[t] / ep.A) * D;
+      for (int64_t r = r0; r < r1; ++r) o[r] += w * (c[(r - r0) * m + t] + b2[r]);
+    }
+  }
+};
+
 // The float32 path (AVX2, or the scalar fallback): input rows of float32 in the chunk layout.
-struct FloatPath {
+struct FloatPath : ScalarEpilogue<FloatPath> {
   using Value = float;
   static constexpr int64_t kTileRows = kRowTile;
   static constexpr int64_t kCopies = 1;  // rows per input row (see put)
@@ -368,7 +409,7 @@ struct FloatPath {
 // The bf16 path (inputs that are bf16 values, AVX-512 BF16 CPUs): each input row is held twice as bf16
 // words, in element order for gemm_bf16.h (many tokens) and in the decode layout for
 // moe_mxfp4_bf16.h's row_dot (few tokens).
-struct Bf16Path {
+struct Bf16Path : ScalarEpilogue<Bf16Path> {
   using Value = uint16_t;
   static constexpr int64_t kTileRows = gemm_bf16::kPanelRows;
   static constexpr int64_t kStepBlocks = 96;  // K-step: 32 rows × 3072 values (all of gpt-oss's 2880): L2
@@ -456,6 +497,18 @@ struct AmxPath : Bf16Path {
 
   static int64_t k_tiles(int64_t nb) { return 2 * ((nb + 1) / 2); }  // two per chunk
 
+  static void store_act(const Epilogue& ep, const float* c, int64_t m, int64_t r0, int64_t r1, const float* b1,
+                        uint16_t* act, int64_t Iw, int64_t Ip) {
+    if (m < kAmxMinTokens || !ep.act_bf16) return Bf16Path::store_act(ep, c, m, r0, r1, b1, act, Iw, Ip);
+    moe_amx::store_act(c, m, b1 + r0, ep.alpha, ep.limit, act, Iw, r0 / 2);
+  }
+
+  static void add_down(const Epilogue& ep, const float* c, int64_t m, int64_t r0, int64_t r1, const float* b2,
+                       const int64_t* order, float* out, int64_t D) {
+    if (m < kAmxMinTokens) return Bf16Path::add_down(ep, c, m, r0, r1, b2, order, out, D);
+    moe_amx::add_down(c, m, b2 + r0, ep.weights, order, ep.A, out + r0, D);
+  }
+
   static void begin_expert(const uint16_t* const* x, int64_t m, int64_t k, Scratch& s) {
     if (m < kAmxMinTokens) return;
     const int64_t tiles = k_tiles(k / kMxfp4Block);
@@ -531,12 +584,6 @@ struct Problem {
   bool act_bf16;           // round act to bfloat16 (the compute dtype) before the second product
 };
 
-inline float swiglu(float gate, float up, float alpha, float limit) {
-  const float g = std::min(gate, limit);  // NaN stays NaN, as with torch.clamp
-  const float u = std::max(std::min(up, limit), -limit);
-  return g * (1.0f / (1.0f + std::exp(-(alpha * g)))) * (u + 1.0f);
-}
-
 // xc: x as the path's input rows [N, kCopies·Dp]. out: [N, D] float32, overwritten.
 template <typename Path>
 void moe_forward(const Problem& pb, const typename Path::Value* xc, float* out) {
@@ -547,6 +594,8 @@ void moe_forward(const Problem& pb, const typename Path::Value* xc, float* out) 
   const int64_t used = static_cast<int64_t>(routing.experts.size());
   std::fill(out, out + N * D, 0.0f);
   if (P == 0) return;
+
+  const Epilogue ep{pb.alpha, pb.limit, pb.act_bf16, pb.weights, A};
 
   // x rows of each pair, grouped by expert; act rows are simply the grouped pair index.
   std::vector<const Value*> x_rows(P), act_rows(P);
@@ -575,15 +624,7 @@ void moe_forward(const Problem& pb, const typename Path::Value* xc, float* out) 
       for (int64_t tile = begin; tile < end; ++tile) {
         const int64_t r0 = tile * Path::kTileRows, r1 = std::min(2 * I, r0 + Path::kTileRows);
         Path::tile_product(pb.w1, e, r0, r1, x_rows.data() + q0, m, c.data(), scratch);
-        for (int64_t t = 0; t < m; ++t) {
-          Value* a = act.data() + (q0 + t) * Iw;
-          for (int64_t r = r0; r < r1; r += 2) {
-            const int64_t j = r / 2;
-            float v = swiglu(c[(r - r0) * m + t] + b1e[r], c[(r + 1 - r0) * m + t] + b1e[r + 1], pb.alpha, pb.limit);
-            if (pb.act_bf16) v = static_cast<float>(c10::BFloat16(v));
-            Path::put(a, Ip, j, v);
-          }
-        }
+        Path::store_act(ep, c.data(), m, r0, r1, b1e, act.data() + q0 * Iw, Iw, Ip);
       }
     }
   });
@@ -601,12 +642,7 @@ void moe_forward(const Problem& pb, const typename Path::Value* xc, float* out) 
       for (int64_t tile = begin; tile < end; ++tile) {
         const int64_t r0 = tile * Path::kTileRows, r1 = std::min(D, r0 + Path::kTileRows);
         Path::tile_product(pb.w2, e, r0, r1, act_rows.data() + q0, m, c.data(), scratch);
-        for (int64_t t = 0; t < m; ++t) {
-          const int64_t pair = routing.order[q0 + t];
-          const float w = pb.weights[pair];
-          float* o = out + (pair / A) * D;
-          for (int64_t r = r0; r < r1; ++r) o[r] += w * (c[(r - r0) * m + t] + b2e[r]);
-        }
+        Path::add_down(ep, c.data(), m, r0, r1, b2e, routing.order.data() + q0, out, D);
       }
     }
   });

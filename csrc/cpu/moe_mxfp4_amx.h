@@ -80,6 +80,75 @@ struct ChunkHalves {
   }
 };
 
+// e^x for float32 lanes within about 2 ulp: x = n·ln2 + r (two-part ln2, n·ln2_hi exact), a degree-7
+// Taylor polynomial for e^r on |r| ≤ ln2/2 (truncation below 1e-8 relative), 2^n by scalef. Overflow
+// gives inf, underflow 0, NaN stays NaN, as std::exp.
+GPTOSS_AMX inline __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(_mm512_set1_ps(-104.0f), _mm512_min_ps(_mm512_set1_ps(88.8f), x));  // x second: NaN kept
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860682030941723e-6f), r);
+  constexpr float kInverseFactorials[8] = {1.0f / 5040, 1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f};
+  __m512 p = _mm512_set1_ps(kInverseFactorials[0]);
+  for (int i = 1; i < 8; ++i) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kInverseFactorials[i]));
+  return _mm512_scalef_ps(p, n);
+}
+
+// swiglu of 16 (gate, up) pairs, in the order of operations of moe_mxfp4.cpp's scalar swiglu.
+GPTOSS_AMX inline __m512 swiglu16(__m512 gate, __m512 up, float alpha, float limit) {
+  const __m512 lim = _mm512_set1_ps(limit), one = _mm512_set1_ps(1.0f);
+  const __m512 g = _mm512_min_ps(lim, gate);  // the input second: NaN stays NaN, as with torch.clamp
+  const __m512 u = _mm512_max_ps(_mm512_set1_ps(-limit), _mm512_min_ps(lim, up));
+  const __m512 sigmoid = _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_mul_ps(_mm512_set1_ps(-alpha), g))));
+  return _mm512_mul_ps(_mm512_mul_ps(g, sigmoid), _mm512_add_ps(u, one));
+}
+
+inline __mmask16 first_lanes(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << n) - 1); }
+
+// Phase 1's epilogue for a 32-row tile of gate/up products c ([32][m]: token t in column t) and bias
+// b1 (its 32 entries): act[t·Iw + j0 + j] = bf16(swiglu(c[2j][t] + b1[2j], c[2j+1][t] + b1[2j+1])), the
+// element-order copy of the act rows only (the AMX second product reads nothing else). 16 tokens at
+// a time, transposed in registers so each token's 16 values are one store; bf16 rounding to nearest
+// even (subnormals to zero, which the tile multiply would read as zero anyway).
+GPTOSS_AMX inline void store_act(const float* c, int64_t m, const float* b1, float alpha, float limit, uint16_t* act,
+                                 int64_t Iw, int64_t j0) {
+  for (int64_t t0 = 0; t0 < m; t0 += 16) {
+    const __mmask16 tokens = first_lanes(m - t0);
+    __m512i v[16];
+    for (int j = 0; j < 16; ++j) {
+      const __m512 gate = _mm512_add_ps(_mm512_maskz_loadu_ps(tokens, c + 2 * j * m + t0), _mm512_set1_ps(b1[2 * j]));
+      const __m512 up = _mm512_add_ps(_mm512_maskz_loadu_ps(tokens, c + (2 * j + 1) * m + t0), _mm512_set1_ps(b1[2 * j + 1]));
+      v[j] = _mm512_castps_si512(swiglu16(gate, up, alpha, limit));
+    }
+    gemm_bf16::transpose16x16(v);  // v[t]: the 16 values of token t0 + t
+    for (int64_t t = 0; t < std::min<int64_t>(16, m - t0); ++t)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(act + (t0 + t) * Iw + j0),
+                          reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_castsi512_ps(v[t]))));
+  }
+}
+
+// Phase 2's epilogue for a 32-row tile of down products c ([32][m]) and bias b2 (its 32 entries):
+// out_t[r] += w_t·(c[r][t] + b2[r]), with out_t = out + (order[t] / A)·D + r0, w_t = weights[order[t]].
+GPTOSS_AMX inline void add_down(const float* c, int64_t m, const float* b2, const float* weights, const int64_t* order,
+                                int64_t A, float* out, int64_t D) {
+  for (int64_t t0 = 0; t0 < m; t0 += 16) {
+    const __mmask16 tokens = first_lanes(m - t0);
+    for (int h = 0; h < 2; ++h) {  // rows 16h .. 16h + 15
+      __m512i v[16];
+      for (int i = 0; i < 16; ++i) v[i] = _mm512_castps_si512(_mm512_maskz_loadu_ps(tokens, c + (16 * h + i) * m + t0));
+      gemm_bf16::transpose16x16(v);
+      const __m512 bias = _mm512_loadu_ps(b2 + 16 * h);
+      for (int64_t t = 0; t < std::min<int64_t>(16, m - t0); ++t) {
+        const int64_t pair = order[t0 + t];
+        float* o = out + (pair / A) * D + 16 * h;
+        const __m512 sum = _mm512_mul_ps(_mm512_set1_ps(weights[pair]), _mm512_add_ps(_mm512_castsi512_ps(v[t]), bias));
+        _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), sum));
+      }
+    }
+  }
+}
+
 }  // namespace moe_amx
 }  // namespace gptoss
 
