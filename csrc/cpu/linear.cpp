@@ -119,46 +119,60 @@ void widen_rows(const c10::BFloat16* src, int64_t ld, int64_t rows, int64_t in, 
 }
 
 #if GPTOSS_HAVE_AVX512_BF16_KERNELS
-// Few rows of x (decoding) with bf16 weights: the streaming pattern of linear_stream, with x kept in
-// bf16 and vdpbf16ps doing 32 exact products per instruction (fewer instructions per weight byte).
+// Few rows of x (decoding) with bf16 weights: x kept in bf16 and vdpbf16ps doing 32 exact products per
+// instruction. A thread reads its range of W rows as kStreams sub-ranges in lockstep (rows i, i + q,
+// i + 2q, i + 3q): the hardware prefetchers follow each sub-range, and more streams in flight read
+// more of the memory bandwidth. On the 2-core Sapphire Rapids VM, 4 streams per thread read a bf16
+// [201088, 2880] matrix at 24-27 GB/s where one row after the other got 18-20.
+constexpr int kStreams = 4;
+
+// y_s[n·ldy_s] = W_s · x_n + bias_s for the kStreams rows W_s and NB rows of x.
 template <int NB>
-GPTOSS_AVX512_BF16 inline void dot_row_bf16(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t in, float bias,
-                                            float* y, int64_t ldy) {
-  __m512 acc[NB][2];
-  for (int n = 0; n < NB; ++n) acc[n][0] = acc[n][1] = _mm512_setzero_ps();
-  int64_t k = 0;
-  for (; k + 64 <= in; k += 64) {
-    const __m512i w0 = _mm512_loadu_si512(w + k), w1 = _mm512_loadu_si512(w + k + 32);
-    for (int n = 0; n < NB; ++n) {
-      acc[n][0] = _mm512_dpbf16_ps(acc[n][0], (__m512bh)w0, (__m512bh)_mm512_loadu_si512(x + n * ldx + k));
-      acc[n][1] = _mm512_dpbf16_ps(acc[n][1], (__m512bh)w1, (__m512bh)_mm512_loadu_si512(x + n * ldx + k + 32));
+GPTOSS_AVX512_BF16 inline void dot_rows_bf16(const uint16_t* const* w, const float* bias, const uint16_t* x,
+                                             int64_t ldx, int64_t in, float* const* y, const int64_t* ldy) {
+  __m512 acc[kStreams][NB];
+  for (int s = 0; s < kStreams; ++s)
+    for (int n = 0; n < NB; ++n) acc[s][n] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < in; k += 32) {
+    const __mmask32 mask = in - k >= 32 ? ~__mmask32(0) : (__mmask32(1) << (in - k)) - 1;
+    __m512i xv[NB];
+    for (int n = 0; n < NB; ++n) xv[n] = _mm512_maskz_loadu_epi16(mask, x + n * ldx + k);
+    for (int s = 0; s < kStreams; ++s) {
+      const __m512i wv = _mm512_maskz_loadu_epi16(mask, w[s] + k);
+      for (int n = 0; n < NB; ++n) acc[s][n] = _mm512_dpbf16_ps(acc[s][n], (__m512bh)wv, (__m512bh)xv[n]);
     }
   }
-  for (; k < in; k += 32) {
-    const __mmask32 mask = in - k >= 32 ? ~__mmask32(0) : (__mmask32(1) << (in - k)) - 1;
-    const __m512i w0 = _mm512_maskz_loadu_epi16(mask, w + k);
-    for (int n = 0; n < NB; ++n)
-      acc[n][0] = _mm512_dpbf16_ps(acc[n][0], (__m512bh)w0, (__m512bh)_mm512_maskz_loadu_epi16(mask, x + n * ldx + k));
-  }
-  for (int n = 0; n < NB; ++n) y[n * ldy] = _mm512_reduce_add_ps(_mm512_add_ps(acc[n][0], acc[n][1])) + bias;
+  for (int s = 0; s < kStreams; ++s)
+    for (int n = 0; n < NB; ++n) y[s][n * ldy[s]] = _mm512_reduce_add_ps(acc[s][n]) + bias[s];
 }
 
-GPTOSS_AVX512_BF16 void linear_stream_bf16(const uint16_t* x, int64_t rows, int64_t in, const uint16_t* w, int64_t ldw,
-                                           int64_t out_features, const float* bias, float* y) {
+void linear_stream_bf16(const uint16_t* x, int64_t rows, int64_t in, const uint16_t* w, int64_t ldw,
+                        int64_t out_features, const float* bias, float* y) {
   const int64_t grain = std::max<int64_t>(1, kMinTaskBytes / std::max<int64_t>(1, 2 * in));
   at::parallel_for(0, out_features, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t j = begin; j < end; ++j) {
-      const float b = bias ? bias[j] : 0.0f;
-      int64_t n = 0;
-      for (; n + kRowGroup <= rows; n += kRowGroup)
-        dot_row_bf16<kRowGroup>(x + n * in, in, w + j * ldw, in, b, y + n * out_features + j, out_features);
-      const uint16_t* xn = x + n * in;
-      float* yn = y + n * out_features + j;
-      switch (rows - n) {
-        case 1: dot_row_bf16<1>(xn, in, w + j * ldw, in, b, yn, out_features); break;
-        case 2: dot_row_bf16<2>(xn, in, w + j * ldw, in, b, yn, out_features); break;
-        case 3: dot_row_bf16<3>(xn, in, w + j * ldw, in, b, yn, out_features); break;
-        default: break;
+    const int64_t q = (end - begin + kStreams - 1) / kStreams;  // rows per stream; the last may have fewer
+    float spare[kRowGroup];  // where a stream that has run out of rows writes
+    for (int64_t i = 0; i < q; ++i) {
+      const uint16_t* wr[kStreams];
+      float b[kStreams], *yr[kStreams];
+      int64_t ldy[kStreams];
+      for (int s = 0; s < kStreams; ++s) {
+        const int64_t j = begin + s * q + i;
+        const bool here = j < end;
+        wr[s] = w + (here ? j : begin + i) * ldw;  // an exhausted stream re-reads stream 0's row
+        b[s] = here && bias ? bias[j] : 0.0f;
+        yr[s] = here ? y + j : spare;
+        ldy[s] = here ? out_features : 1;
+      }
+      for (int64_t n = 0; n < rows; n += kRowGroup) {
+        float* yn[kStreams];
+        for (int s = 0; s < kStreams; ++s) yn[s] = yr[s] == spare ? spare : yr[s] + n * out_features;
+        switch (std::min<int64_t>(kRowGroup, rows - n)) {
+          case 1: dot_rows_bf16<1>(wr, b, x + n * in, in, in, yn, ldy); break;
+          case 2: dot_rows_bf16<2>(wr, b, x + n * in, in, in, yn, ldy); break;
+          case 3: dot_rows_bf16<3>(wr, b, x + n * in, in, in, yn, ldy); break;
+          default: dot_rows_bf16<4>(wr, b, x + n * in, in, in, yn, ldy); break;
+        }
       }
     }
   });
