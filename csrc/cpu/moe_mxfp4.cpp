@@ -387,6 +387,12 @@ struct FloatPath : ScalarEpilogue<FloatPath> {
   // Called once per expert and phase, before its tiles, with its m input rows of k values.
   static void begin_expert(const float* const* /*x*/, int64_t /*m*/, int64_t /*k*/, Scratch& /*s*/) {}
 
+  static int lockstep_tiles(int64_t /*m*/) { return 1; }
+  static void tiles_product(const Mxfp4Matrix& w, int64_t e, const int64_t* r0, int count, const float* const* x,
+                            int64_t m, float* const* c, Scratch& s) {
+    for (int k = 0; k < count; ++k) tile_product(w, e, r0[k], std::min(w.rows, r0[k] + kTileRows), x, m, c[k], s);
+  }
+
   // c[(r - r0)·m + t] = W[e][r]·x_t for the tile's rows and the m tokens routed to expert e: in
   // registers for a few tokens, through a decoded K-step buffer for more (AVX2 builds).
   static void tile_product(const Mxfp4Matrix& w, int64_t e, int64_t r0, int64_t r1, const float* const* x, int64_t m,
@@ -437,20 +443,38 @@ struct Bf16Path : ScalarEpilogue<Bf16Path> {
 
   static void begin_expert(const uint16_t* const* /*x*/, int64_t /*m*/, int64_t /*k*/, Scratch& /*s*/) {}
 
-  GPTOSS_AVX512_BF16 static void tile_product(const Mxfp4Matrix& w, int64_t e, int64_t r0, int64_t r1,
-                                              const uint16_t* const* x, int64_t m, float* c, Scratch& s) {
-    if (m >= kGemmMinTokens) return tile_product_gemm(w, e, r0, r1, x, m, c, s);
+  // Few tokens: the in-register kernel reads kStreams tiles in lockstep, a row of each at a time (one
+  // memory stream per tile: more streams in flight read more of the bandwidth, as in linear.cpp).
+  static constexpr int kStreams = 4;
+  static int lockstep_tiles(int64_t m) { return m < kGemmMinTokens ? kStreams : 1; }
+
+  // c[k][(r - r0[k])·m + t] = W[e][r]·x_t for the count ≤ lockstep_tiles(m) tiles of kTileRows rows
+  // from rows r0[k].
+  GPTOSS_AVX512_BF16 static void tiles_product(const Mxfp4Matrix& w, int64_t e, const int64_t* r0, int count,
+                                               const uint16_t* const* x, int64_t m, float* const* c, Scratch& s) {
+    if (m >= kGemmMinTokens) {
+      for (int k = 0; k < count; ++k) tile_product_gemm(w, e, r0[k], r0[k] + kTileRows, x, m, c[k], s);
+      return;
+    }
     const int64_t width = padded_width(w.nb * kMxfp4Block);  // where each row's decode-layout copy starts
+    float spare[3];  // the output of a stream without a tile (it re-reads stream 0's rows)
     for (int64_t t0 = 0; t0 < m; t0 += 3) {
       const int64_t mt = std::min<int64_t>(3, m - t0);
       const uint16_t* xd[3] = {};
       for (int64_t t = 0; t < mt; ++t) xd[t] = x[t0 + t] + width;
-      for (int64_t r = r0; r < r1; ++r) {
-        float* out = c + (r - r0) * m + t0;
+      for (int64_t i = 0; i < kTileRows; ++i) {
+        const uint8_t *blk[kStreams], *sc[kStreams];
+        float* out[kStreams];
+        for (int k = 0; k < kStreams; ++k) {
+          const int64_t r = (k < count ? r0[k] : r0[0]) + i;
+          blk[k] = w.row_blocks(e, r);
+          sc[k] = w.row_scales(e, r);
+          out[k] = k < count ? c[k] + i * m + t0 : spare;
+        }
         switch (mt) {
-          case 1: moe_bf16::row_dot<1>(w.row_blocks(e, r), w.row_scales(e, r), w.nb, xd, out, 1); break;
-          case 2: moe_bf16::row_dot<2>(w.row_blocks(e, r), w.row_scales(e, r), w.nb, xd, out, 1); break;
-          default: moe_bf16::row_dot<3>(w.row_blocks(e, r), w.row_scales(e, r), w.nb, xd, out, 1); break;
+          case 1: moe_bf16::rows_dot<1, kStreams>(blk, sc, w.nb, xd, out, 1); break;
+          case 2: moe_bf16::rows_dot<2, kStreams>(blk, sc, w.nb, xd, out, 1); break;
+          default: moe_bf16::rows_dot<3, kStreams>(blk, sc, w.nb, xd, out, 1); break;
         }
       }
     }
@@ -516,10 +540,14 @@ struct AmxPath : Bf16Path {
     amx::pack_b(m, tiles, moe_amx::ChunkHalves{x}, s.b.data());
   }
 
+  static void tiles_product(const Mxfp4Matrix& w, int64_t e, const int64_t* r0, int count, const uint16_t* const* x,
+                            int64_t m, float* const* c, Scratch& s) {
+    if (m < kAmxMinTokens) return Bf16Path::tiles_product(w, e, r0, count, x, m, c, s);
+    for (int k = 0; k < count; ++k) tile_product(w, e, r0[k], r0[k] + kTileRows, x, m, c[k], s);
+  }
+
   static void tile_product(const Mxfp4Matrix& w, int64_t e, int64_t r0, int64_t r1, const uint16_t* const* x,
                            int64_t m, float* c, Scratch& s) {
-    if (m < kAmxMinTokens) return Bf16Path::tile_product(w, e, r0, r1, x, m, c, s);
-    TORCH_INTERNAL_ASSERT(r1 - r0 == kTileRows, "expert matrices have whole 32-row tiles");
     const int64_t tiles = k_tiles(w.nb), ldc = (m + amx::kTileTokens - 1) / amx::kTileTokens * amx::kTileTokens;
     s.a.resize(tiles * moe_amx::kATileWords);
     for (int64_t r = r0; r < r1; ++r) moe_amx::decode_row(w.row_blocks(e, r), w.row_scales(e, r), w.nb, r - r0, s.a.data());
@@ -584,6 +612,30 @@ struct Problem {
   bool act_bf16;           // round act to bfloat16 (the compute dtype) before the second product
 };
 
+constexpr int kMaxLockstep = 4;  // the most tiles a path reads in lockstep (Path::lockstep_tiles)
+
+// Calls use(r0, count, cs) for a thread's tiles [begin, end) in groups of Path::lockstep_tiles(m): the
+// range is cut into that many sub-ranges, and group i holds tile i of each (first rows r0[k], products
+// into cs[k], slices of c, which holds kMaxLockstep·kTileRows·max_m floats). One tile per group walks
+// the range in order.
+template <typename Path, typename Use>
+void for_tile_groups(int64_t begin, int64_t end, int64_t m, int64_t max_m, float* c, Use&& use) {
+  const int lock = Path::lockstep_tiles(m);
+  TORCH_INTERNAL_ASSERT(lock >= 1 && lock <= kMaxLockstep);
+  const int64_t per_stream = (end - begin + lock - 1) / lock;
+  float* cs[kMaxLockstep];
+  for (int k = 0; k < lock; ++k) cs[k] = c + k * Path::kTileRows * max_m;
+  for (int64_t i = 0; i < per_stream; ++i) {
+    int64_t r0[kMaxLockstep];
+    int count = 0;
+    for (int k = 0; k < lock; ++k) {
+      const int64_t tile = begin + k * per_stream + i;
+      if (tile < end) r0[count++] = tile * Path::kTileRows;
+    }
+    use(r0, count, cs);
+  }
+}
+
 // xc: x as the path's input rows [N, kCopies·Dp]. out: [N, D] float32, overwritten.
 template <typename Path>
 void moe_forward(const Problem& pb, const typename Path::Value* xc, float* out) {
@@ -615,17 +667,17 @@ void moe_forward(const Problem& pb, const typename Path::Value* xc, float* out) 
   const int64_t tiles1 = (2 * I + Path::kTileRows - 1) / Path::kTileRows;
   const int64_t grain1 = std::max<int64_t>(1, kMinParallelWork / std::max<int64_t>(1, Path::kTileRows * D * P));
   at::parallel_for(0, tiles1, grain1, [&](int64_t begin, int64_t end) {
-    std::vector<float> c(Path::kTileRows * max_m);
+    std::vector<float> c(kMaxLockstep * Path::kTileRows * max_m);
     typename Path::Scratch scratch;
     for (int64_t i = 0; i < used; ++i) {
       const int64_t e = routing.experts[i], q0 = routing.begin[i], m = routing.begin[i + 1] - q0;
       const float* b1e = pb.b1 + e * 2 * I;
       Path::begin_expert(x_rows.data() + q0, m, D, scratch);
-      for (int64_t tile = begin; tile < end; ++tile) {
-        const int64_t r0 = tile * Path::kTileRows, r1 = std::min(2 * I, r0 + Path::kTileRows);
-        Path::tile_product(pb.w1, e, r0, r1, x_rows.data() + q0, m, c.data(), scratch);
-        Path::store_act(ep, c.data(), m, r0, r1, b1e, act.data() + q0 * Iw, Iw, Ip);
-      }
+      for_tile_groups<Path>(begin, end, m, max_m, c.data(), [&](const int64_t* r0, int count, float* const* cs) {
+        Path::tiles_product(pb.w1, e, r0, count, x_rows.data() + q0, m, cs, scratch);
+        for (int k = 0; k < count; ++k)
+          Path::store_act(ep, cs[k], m, r0[k], std::min(2 * I, r0[k] + Path::kTileRows), b1e, act.data() + q0 * Iw, Iw, Ip);
+      });
     }
   });
 
@@ -633,17 +685,17 @@ void moe_forward(const Problem& pb, const typename Path::Value* xc, float* out) 
   const int64_t tiles2 = (D + Path::kTileRows - 1) / Path::kTileRows;
   const int64_t grain2 = std::max<int64_t>(1, kMinParallelWork / std::max<int64_t>(1, Path::kTileRows * I * P));
   at::parallel_for(0, tiles2, grain2, [&](int64_t begin, int64_t end) {
-    std::vector<float> c(Path::kTileRows * max_m);
+    std::vector<float> c(kMaxLockstep * Path::kTileRows * max_m);
     typename Path::Scratch scratch;
     for (int64_t i = 0; i < used; ++i) {
       const int64_t e = routing.experts[i], q0 = routing.begin[i], m = routing.begin[i + 1] - q0;
       const float* b2e = pb.b2 + e * D;
       Path::begin_expert(act_rows.data() + q0, m, I, scratch);
-      for (int64_t tile = begin; tile < end; ++tile) {
-        const int64_t r0 = tile * Path::kTileRows, r1 = std::min(D, r0 + Path::kTileRows);
-        Path::tile_product(pb.w2, e, r0, r1, act_rows.data() + q0, m, c.data(), scratch);
-        Path::add_down(ep, c.data(), m, r0, r1, b2e, routing.order.data() + q0, out, D);
-      }
+      for_tile_groups<Path>(begin, end, m, max_m, c.data(), [&](const int64_t* r0, int count, float* const* cs) {
+        Path::tiles_product(pb.w2, e, r0, count, act_rows.data() + q0, m, cs, scratch);
+        for (int k = 0; k < count; ++k)
+          Path::add_down(ep, cs[k], m, r0[k], std::min(D, r0[k] + Path::kTileRows), b2e, routing.order.data() + q0, out, D);
+      });
     }
   });
 }

@@ -11,7 +11,7 @@
 // the 32-entry table below (bit 4 of an index ignored: the table repeats) turns the low nibbles into
 // the bf16 values of the chunk's even elements and, after `>> 4`, the high nibbles into the odd
 // ones.
-//  - Few tokens (row_dot): four blocks at a time, decoded with the same table from the blocks' 16-bit words,
+//  - Few tokens (rows_dot): four blocks at a time, decoded with the same table from the blocks' 16-bit words,
 //    against inputs stored in the order the vectors come (quad_position); Σ w·x of each block lands
 //    in four float32 lanes, which are multiplied by the block's 2^(s-127) and added up.
 //  - Many tokens: a tile's K-step is decoded once with the scale folded into the bf16 words (an
@@ -90,50 +90,58 @@ GPTOSS_AVX512_BF16 inline __m512 block_multipliers(const uint8_t* sc, int64_t n)
       _mm512_max_epi32(_mm512_slli_epi32(_mm512_cvtepu8_epi32(bytes), 23), _mm512_set1_epi32(0x00400000)));
 }
 
-// out[t·out_stride] = W_row · x_t for MT tokens over the row's nb blocks; x[t] in the decode layout
-// (quad_position), zero padded to whole quads. Four blocks at a time, one per 128-bit lane: the 64
-// bytes are read as 16-bit words, each holding four nibbles; vpermw turns nibble j of every word
-// (after a shift by 4j: vpermw reads only the low bits of an index) into bf16 values, and after
-// four vdpbf16ps float32 lanes 4L..4L+3 hold block L's sum, which meets its 2^(s-127) in one
-// multiply-add.
-template <int MT>
-GPTOSS_AVX512_BF16 inline void row_dot(const uint8_t* blk, const uint8_t* sc, int64_t nb, const uint16_t* const* x,
-                                       float* out, int64_t out_stride) {
+// out[r][t·out_stride] = W_r · x_t for S rows W_r (blk[r], sc[r]: read in lockstep, one stream each)
+// and MT tokens over nb blocks; x[t] in the decode layout (quad_position), zero padded to whole quads.
+// Four blocks at a time, one per 128-bit lane: the 64 bytes are read as 16-bit words, each holding
+// four nibbles; vpermw turns nibble j of every word (after a shift by 4j: vpermw reads only the low
+// bits of an index) into bf16 values, and after four vdpbf16ps float32 lanes 4L..4L+3 hold block
+// L's sum, which meets its 2^(s-127) in one multiply-add.
+template <int MT, int S>
+GPTOSS_AVX512_BF16 inline void rows_dot(const uint8_t* const* blk, const uint8_t* const* sc, int64_t nb,
+                                        const uint16_t* const* x, float* const* out, int64_t out_stride) {
   const __m512i table = _mm512_load_si512(kFp4Bf16);
   alignas(64) static constexpr int32_t kLaneBlock[4][16] = {  // quad q: lane group L takes block 4q + L
       {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3},
       {4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7},
       {8, 8, 8, 8, 9, 9, 9, 9, 10, 10, 10, 10, 11, 11, 11, 11},
       {12, 12, 12, 12, 13, 13, 13, 13, 14, 14, 14, 14, 15, 15, 15, 15}};
-  __m512 acc[MT];
-  for (int t = 0; t < MT; ++t) acc[t] = _mm512_setzero_ps();
+  __m512 acc[S][MT];
+  for (int r = 0; r < S; ++r)
+    for (int t = 0; t < MT; ++t) acc[r][t] = _mm512_setzero_ps();
   for (int64_t b0 = 0; b0 < nb; b0 += 16) {
     const int64_t n = std::min<int64_t>(16, nb - b0);
-    _mm_prefetch(reinterpret_cast<const char*>(sc + b0) + kPrefetchBytes / kMxfp4BlockBytes, _MM_HINT_T0);
-    const __m512 mult = block_multipliers(sc + b0, n);
+    __m512 mult[S];
+    for (int r = 0; r < S; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(sc[r] + b0) + kPrefetchBytes / kMxfp4BlockBytes, _MM_HINT_T0);
+      mult[r] = block_multipliers(sc[r] + b0, n);
+    }
     for (int64_t q = 0; q < n; q += 4) {
       const int64_t blocks = std::min<int64_t>(4, n - q);
       const __mmask64 present = blocks == 4 ? ~__mmask64(0) : (__mmask64(1) << (16 * blocks)) - 1;
-      const uint8_t* quad = blk + (b0 + q) * kMxfp4BlockBytes;
-      _mm_prefetch(reinterpret_cast<const char*>(quad) + kPrefetchBytes, _MM_HINT_T0);
-      const __m512i words = _mm512_maskz_loadu_epi8(present, quad);
-      const __m512i w0 = _mm512_permutexvar_epi16(words, table);  // elements 0, 4, 8, ... of each block
-      const __m512i w1 = _mm512_permutexvar_epi16(_mm512_srli_epi16(words, 4), table);   // 1, 5, 9, ...
-      const __m512i w2 = _mm512_permutexvar_epi16(_mm512_srli_epi16(words, 8), table);   // 2, 6, 10, ...
-      const __m512i w3 = _mm512_permutexvar_epi16(_mm512_srli_epi16(words, 12), table);  // 3, 7, 11, ...
-      const __m512 s = _mm512_permutexvar_ps(_mm512_load_si512(kLaneBlock[q / 4]), mult);
       const int64_t off = (b0 + q) * kMxfp4Block;
-      for (int t = 0; t < MT; ++t) {
-        const uint16_t* xq = x[t] + off;
-        __m512 sum = dot_pairs(_mm512_setzero_ps(), w0, xq);
-        sum = dot_pairs(sum, w1, xq + 32);
-        sum = dot_pairs(sum, w2, xq + 64);
-        sum = dot_pairs(sum, w3, xq + 96);
-        acc[t] = _mm512_fmadd_ps(sum, s, acc[t]);
+      const __m512i lanes = _mm512_load_si512(kLaneBlock[q / 4]);
+      for (int r = 0; r < S; ++r) {
+        const uint8_t* quad = blk[r] + (b0 + q) * kMxfp4BlockBytes;
+        _mm_prefetch(reinterpret_cast<const char*>(quad) + kPrefetchBytes, _MM_HINT_T0);
+        const __m512i words = _mm512_maskz_loadu_epi8(present, quad);
+        const __m512i w0 = _mm512_permutexvar_epi16(words, table);  // elements 0, 4, 8, ... of each block
+        const __m512i w1 = _mm512_permutexvar_epi16(_mm512_srli_epi16(words, 4), table);   // 1, 5, 9, ...
+        const __m512i w2 = _mm512_permutexvar_epi16(_mm512_srli_epi16(words, 8), table);   // 2, 6, 10, ...
+        const __m512i w3 = _mm512_permutexvar_epi16(_mm512_srli_epi16(words, 12), table);  // 3, 7, 11, ...
+        const __m512 s = _mm512_permutexvar_ps(lanes, mult[r]);
+        for (int t = 0; t < MT; ++t) {
+          const uint16_t* xq = x[t] + off;
+          __m512 sum = dot_pairs(_mm512_setzero_ps(), w0, xq);
+          sum = dot_pairs(sum, w1, xq + 32);
+          sum = dot_pairs(sum, w2, xq + 64);
+          sum = dot_pairs(sum, w3, xq + 96);
+          acc[r][t] = _mm512_fmadd_ps(sum, s, acc[r][t]);
+        }
       }
     }
   }
-  for (int t = 0; t < MT; ++t) out[t * out_stride] = _mm512_reduce_add_ps(acc[t]);
+  for (int r = 0; r < S; ++r)
+    for (int t = 0; t < MT; ++t) out[r][t * out_stride] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
 // Blocks [b0, b1) of one row as bf16 words value·2^(s-127), in element order (zero padded to a whole
