@@ -15,6 +15,8 @@ TORCH_LIBRARY(gptoss, m) {
         "Tensor q_pos, Tensor k_pos) -> Tensor");
   // MXFP4 blocks [.., nb, 16] + E8M0 scales [.., nb] -> values [.., nb·32] in dtype
   m.def("mxfp4_dequantize(Tensor blocks, Tensor scales, ScalarType dtype) -> Tensor");
+  // the CPU kernel family used for work in dtype: amx, avx512_bf16, avx2 or portable (not a numeric op)
+  m.def("cpu_kernels(ScalarType dtype) -> str");
   // Σ_a w[n,a]·(W2[e]·swiglu(W1[e]·x[n] + b1[e]) + b2[e]) with MXFP4 expert weights, float32 out
   m.def("moe_mxfp4(Tensor x, Tensor expert_ids, Tensor expert_weights, Tensor w1_blocks, Tensor w1_scales, "
         "Tensor b1, Tensor w2_blocks, Tensor w2_scales, Tensor b2, float swiglu_alpha, float swiglu_limit) -> Tensor");

@@ -108,6 +108,7 @@ def run_benchmark(path: str | Path, prompt_tokens: Sequence[int] = (128, 512), g
         "device": str(engine.device),
         "threads": torch.get_num_threads(),
         "ops_backend": ops.active_backend(),
+        "cpu_kernels": engine.cpu_kernels,
         "repeats": repeats,
         "load_seconds": round(load_seconds, 3),
         "rss_before_load_bytes": rss_before,

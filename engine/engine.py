@@ -94,9 +94,11 @@ class Engine:
         model.load_state_dict(state, strict=True, assign=True)
         model.bind_device(torch_device)
         model.eval()
-        logger.info("loaded %s (%d layers, %s on %s, ops %s) in %.1f s", path, config.num_hidden_layers,
-                    dtype, torch_device, ops.active_backend(), time.perf_counter() - started)
-        return cls(path, config, model, options, torch_device)
+        engine = cls(path, config, model, options, torch_device)
+        kernels = f", CPU kernels {engine.cpu_kernels}" if engine.cpu_kernels else ""
+        logger.info("loaded %s (%d layers, %s on %s, ops %s%s) in %.1f s", path, config.num_hidden_layers,
+                    dtype, torch_device, ops.active_backend(), kernels, time.perf_counter() - started)
+        return engine
 
     @property
     def parameter_count(self) -> int:
@@ -105,6 +107,12 @@ class Engine:
     @property
     def ops_backend(self) -> str:
         return ops.active_backend()
+
+    @property
+    def cpu_kernels(self) -> str | None:
+        """The CPU kernel family of the extension for the compute dtype; None off the CPU or on the
+        reference ops."""
+        return ops.cpu_kernels(self.model.dtype) if self.device.type == "cpu" else None
 
     def new_cache(self, batch: int = 1, max_context: int | None = None) -> KVCache:
         return KVCache(self.config, batch, self.model.dtype, self.device,

@@ -26,6 +26,7 @@ def model_info(settings: ServerSettings, runner: EngineRunner) -> dict[str, Any]
         "demo": settings.is_demo,
         "state": runner.state,
         "config": None, "parameters": None, "dtype": None, "device": None, "ops_backend": None,
+        "cpu_kernels": None,
         "weight_format": "MXFP4 experts (uint8 blocks + E8M0 scales), bfloat16 elsewhere",
     }
     if settings.is_demo:
@@ -39,5 +40,5 @@ def model_info(settings: ServerSettings, runner: EngineRunner) -> dict[str, Any]
                     "max_position_embeddings": config.max_position_embeddings, "vocab": config.vocab_size,
                     "hidden_size": config.hidden_size, "sliding_window": config.sliding_window},
             parameters=engine.parameter_count, dtype=engine.options.dtype, device=str(engine.device),
-            ops_backend=engine.ops_backend)
+            ops_backend=engine.ops_backend, cpu_kernels=engine.cpu_kernels)
     return info

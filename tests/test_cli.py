@@ -67,6 +67,7 @@ def test_bench_reports_json(tiny_dir):
     assert len(report["decode_tokens_per_second_all"]) == 2
     assert report["peak_rss_bytes"] >= report["rss_after_load_bytes"] > 0
     assert report["ops_backend"] == "extension"  # built on first use on any machine with a C++ compiler
+    assert report["cpu_kernels"] in {"amx", "avx512_bf16", "avx2", "portable"}
 
 
 def test_bench_rejects_a_non_positive_repeat_count(tiny_dir):

@@ -32,6 +32,16 @@ def active_backend() -> str:
     return _active
 
 
+def cpu_kernels(dtype) -> str | None:
+    """The CPU kernel family the active backend runs for work in dtype ("amx", "avx512_bf16", "avx2",
+    "portable"); None on the reference backend."""
+    if _active != "extension":
+        return None
+    from engine.ops import extension
+
+    return extension.cpu_kernels(dtype)
+
+
 def use_backend(name: str) -> None:
     """Routes every op of this module to the named backend.
 

@@ -110,6 +110,12 @@ def moe_mxfp4(x, expert_ids, expert_weights, w1_blocks, w1_scales, b1, w2_blocks
                                               w2_blocks, w2_scales, b2, swiglu_alpha, swiglu_limit)
 
 
+def cpu_kernels(dtype: torch.dtype) -> str:
+    """The CPU kernel family this build runs for dtype on this machine: "amx", "avx512_bf16", "avx2"
+    or "portable" (GPTOSS_CPU_ISA caps it)."""
+    return torch.ops.gptoss.cpu_kernels.default(dtype)
+
+
 def _register_fakes() -> None:
     # Output metadata for FakeTensor / torch.compile / opcheck.
     register = torch.library.register_fake
