@@ -40,7 +40,6 @@ class Tokenizer:
             self._hf = HFTokenizer.from_file(str(path))
         except Exception as e:  # the tokenizers library raises a bare Exception for a malformed file
             raise TokenizerError(f"{path}: not a loadable tokenizer.json ({e})") from None
-        self._hf = HFTokenizer.from_file(str(path))
         self._hf.encode_special_tokens = True  # special-token strings in text stay text
         if self.encode(_PROBE_TEXT) != _PROBE_IDS:  # the ranks were checked; this checks the pre-tokenizer
             raise TokenizerError(f"{path}: encodes differently from o200k_harmony (pre-tokenizer or model settings)")
