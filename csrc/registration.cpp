@@ -17,6 +17,8 @@ TORCH_LIBRARY(gptoss, m) {
   m.def("mxfp4_dequantize(Tensor blocks, Tensor scales, ScalarType dtype) -> Tensor");
   // the CPU kernel family used for work in dtype: amx, avx512_bf16, avx2 or portable (not a numeric op)
   m.def("cpu_kernels(ScalarType dtype) -> str");
+  // best GB/s of `repeats` reads of buffer, each thread's share as 4 concurrent streams (not numeric)
+  m.def("read_bandwidth(Tensor buffer, int repeats) -> float");
   // Σ_a w[n,a]·(W2[e]·swiglu(W1[e]·x[n] + b1[e]) + b2[e]) with MXFP4 expert weights, float32 out
   m.def("moe_mxfp4(Tensor x, Tensor expert_ids, Tensor expert_weights, Tensor w1_blocks, Tensor w1_scales, "
         "Tensor b1, Tensor w2_blocks, Tensor w2_scales, Tensor b2, float swiglu_alpha, float swiglu_limit) -> Tensor");

@@ -68,6 +68,7 @@ def test_bench_reports_json(tiny_dir):
     assert report["peak_rss_bytes"] >= report["rss_after_load_bytes"] > 0
     assert report["ops_backend"] == "extension"  # built on first use on any machine with a C++ compiler
     assert report["cpu_kernels"] in {"amx", "avx512_bf16", "avx2", "portable"}
+    assert report["memory_read_gbps"] > 0 and report["decode_ceiling_tokens_per_second"] > 0
 
 
 def test_bench_rejects_a_non_positive_repeat_count(tiny_dir):

@@ -42,6 +42,16 @@ def cpu_kernels(dtype) -> str | None:
     return extension.cpu_kernels(dtype)
 
 
+def read_bandwidth(buffer, repeats: int) -> float | None:
+    """Best GB/s of `repeats` reads of a contiguous CPU buffer in the access pattern of the extension's
+    decode kernels (4 streams per thread); None on the reference backend."""
+    if _active != "extension":
+        return None
+    from engine.ops import extension
+
+    return extension.read_bandwidth(buffer, repeats)
+
+
 def use_backend(name: str) -> None:
     """Routes every op of this module to the named backend.
 

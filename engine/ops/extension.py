@@ -116,6 +116,11 @@ def cpu_kernels(dtype: torch.dtype) -> str:
     return torch.ops.gptoss.cpu_kernels.default(dtype)
 
 
+def read_bandwidth(buffer: torch.Tensor, repeats: int) -> float:
+    """Best GB/s of `repeats` reads of a contiguous CPU buffer, as the decode kernels read memory."""
+    return torch.ops.gptoss.read_bandwidth.default(buffer, repeats)
+
+
 def _register_fakes() -> None:
     # Output metadata for FakeTensor / torch.compile / opcheck.
     register = torch.library.register_fake
