@@ -14,7 +14,7 @@
 //     fixed order whatever the number of threads (bitwise determinism).
 // A tile's product with its expert's m tokens takes one of two paths (chosen by m alone):
 //  - m < kGemmMinTokens (decode; memory-bound): each row is decoded in registers, 64 values at a
-//    time, and applied to all m tokens at once (row_dot); rows are streamed once, in memory order.
+//    time, and applied to all m tokens at once (row_dot); rows are streamed once.
 //  - m >= kGemmMinTokens (prefill; compute-bound): the tile is decoded one K-step at a time (16 rows
 //    × 256 values, 16 KB of float32: L1) and that buffer is shared by all m tokens through a
 //    4-row × 3-token register-blocked kernel (gemm_4xt); the next tile is prefetched meanwhile.
@@ -33,8 +33,12 @@
 // never with the thread count. Without AVX2 a scalar fallback (natural order, row_dot only) is used.
 //
 // With bf16 inputs on CPUs with AVX-512 BF16 the same structure runs on the kernels of
-// moe_mxfp4_bf16.h (FP4 decoded straight to bf16, vdpbf16ps: 32 exact products per instruction);
-// GPTOSS_CPU_ISA=avx2 selects the AVX2 kernels instead. The Path structs below are the two sets.
+// moe_mxfp4_bf16.h (FP4 decoded straight to bf16, vdpbf16ps: 32 exact products per instruction).
+// Its few-token kernel reads 4 tiles of a thread's range in lockstep, one memory stream each
+// (for_tile_groups). On AMX CPUs, experts with kAmxMinTokens or more tokens take tile multiplies
+// instead (moe_mxfp4_amx.h; vectorised SwiGLU and down-projection epilogues). GPTOSS_CPU_ISA=avx2
+// or avx512_bf16 caps the family. The Path structs below are the three sets; each supplies its tile
+// products and its epilogues (ScalarEpilogue unless it has vector ones).
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -414,12 +418,12 @@ struct FloatPath : ScalarEpilogue<FloatPath> {
 #if GPTOSS_HAVE_AVX512_BF16_KERNELS
 // The bf16 path (inputs that are bf16 values, AVX-512 BF16 CPUs): each input row is held twice as bf16
 // words, in element order for gemm_bf16.h (many tokens) and in the decode layout for
-// moe_mxfp4_bf16.h's row_dot (few tokens).
+// moe_mxfp4_bf16.h's rows_dot (few tokens).
 struct Bf16Path : ScalarEpilogue<Bf16Path> {
   using Value = uint16_t;
   static constexpr int64_t kTileRows = gemm_bf16::kPanelRows;
   static constexpr int64_t kStepBlocks = 96;  // K-step: 32 rows × 3072 values (all of gpt-oss's 2880): L2
-  static constexpr int64_t kCopies = 2;       // element order for the GEMM, then the decode layout for row_dot
+  static constexpr int64_t kCopies = 2;       // element order for the GEMM, then the decode layout for rows_dot
   static int64_t padded_width(int64_t k) { return (k + moe_bf16::kQuad - 1) / moe_bf16::kQuad * moe_bf16::kQuad; }
 
   static void put(uint16_t* row, int64_t width, int64_t i, float v) {  // v is already a bf16 value
@@ -523,7 +527,7 @@ struct AmxPath : Bf16Path {
 
   static void store_act(const Epilogue& ep, const float* c, int64_t m, int64_t r0, int64_t r1, const float* b1,
                         uint16_t* act, int64_t Iw, int64_t Ip) {
-    if (m < kAmxMinTokens || !ep.act_bf16) return Bf16Path::store_act(ep, c, m, r0, r1, b1, act, Iw, Ip);
+    if (m < kAmxMinTokens) return Bf16Path::store_act(ep, c, m, r0, r1, b1, act, Iw, Ip);
     moe_amx::store_act(c, m, b1 + r0, ep.alpha, ep.limit, act, Iw, r0 / 2);
   }
 

@@ -32,17 +32,17 @@
 namespace gptoss {
 namespace moe_bf16 {
 
-constexpr int64_t kQuad = 4 * kMxfp4Block;  // values per step of row_dot: four blocks, one per 128-bit lane
+constexpr int64_t kQuad = 4 * kMxfp4Block;  // values per step of rows_dot: four blocks, one per 128-bit lane
 
-// Where value c (0..127) of a quad is stored in the decode layout of row_dot's inputs: the order in
-// which row_dot's four decoded vectors come (see there).
+// Where value c (0..127) of a quad is stored in the decode layout of rows_dot's inputs: the order in
+// which rows_dot's four decoded vectors come (see there).
 inline int quad_position(int c) {
   const int lane = c / kMxfp4Block, e = c % kMxfp4Block;
   // element e sits in nibble e % 4 of the block's 16-bit word e / 4
   return (e % 4) * kMxfp4Block + lane * 8 + e / 4;
 }
 
-// How far ahead of the quad being decoded row_dot prefetches (bytes of blocks). The hardware
+// How far ahead of the quad being decoded rows_dot prefetches (bytes of blocks). The hardware
 // prefetcher alone leaves a busy core waiting on memory: 2 KB ahead took one core from ~13 to ~16
 // GB/s of MXFP4 streamed from memory on the 2-core EPYC (0.5 KB: no gain, 4 KB: no more).
 constexpr int64_t kPrefetchBytes = 2048;
