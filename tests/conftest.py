@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,19 @@ from engine.synthetic import write_model
 
 # (preset, seed): three shapes, three seeds; every test sequence is longer than their windows (8, 7, 16).
 CHECKPOINTS = {"tiny": ("tiny", 0), "tiny-odd": ("tiny-odd", 1), "small": ("small", 2)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _extension_built_by_this_session(tmp_path_factory):
+    """The C++ extension is built from scratch in a directory of this session's (the build is part of
+    what is tested, and a user's cache stays untouched); GPTOSS_EXTENSION_DIR, when set, is used instead.
+    Server subprocesses inherit the variable."""
+    if os.environ.get("GPTOSS_EXTENSION_DIR"):
+        yield
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GPTOSS_EXTENSION_DIR", str(tmp_path_factory.mktemp("extension")))
+        yield
 
 
 @pytest.fixture(scope="session")

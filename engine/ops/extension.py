@@ -1,13 +1,15 @@
 """The C++/CUDA ops (`torch.ops.gptoss.*`, built from csrc/) behind the same signatures as reference.py.
 
 The library is compiled on first use with torch's cpp_extension (a minute, once; cached per machine
-and CPU capability under the user cache dir) and loaded as a plain torch-ops library. An op without a
+and CPU capability under the user cache dir) and loaded as a plain torch-ops library. A finished build
+is loaded without ninja; one that was interrupted is built again, never waited on. An op without a
 kernel for the CPU in this build keeps its reference implementation, said once in the log. This is
 the only module that names `torch.ops.gptoss`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -44,8 +46,6 @@ def load() -> bool:
     if _loaded is not None:
         return _loaded
     try:
-        from torch.utils import cpp_extension
-
         sources = sorted(str(p) for p in [CSRC / "registration.cpp", *CSRC.glob("cpu/*.cpp")])
         flags = ["-O3", "-fopenmp", "-std=c++17", *_cpu_flags()]
         cuda_flags: list[str] = []
@@ -66,11 +66,8 @@ def load() -> bool:
         build_dir = Path(os.environ.get("GPTOSS_EXTENSION_DIR") or platformdirs.user_cache_dir("gptoss-mcp")) / \
             f"ext-{digest}"
         build_dir.mkdir(parents=True, exist_ok=True)
-        if not (build_dir / f"{_LIBRARY}.so").exists():
-            logger.info("building the C++ ops extension (once, about a minute) in %s", build_dir)
-        cpp_extension.load(name=_LIBRARY, sources=sources, extra_cflags=flags, extra_cuda_cflags=cuda_flags,
-                           extra_ldflags=["-fopenmp"], build_directory=str(build_dir), is_python_module=False,
-                           verbose=False)
+        with _build_lock(build_dir):
+            _load_or_build(build_dir, sources, flags, cuda_flags)
     except Exception as e:  # a missing compiler or a failed build must never stop the engine
         logger.warning("C++ ops extension unavailable, using the PyTorch reference ops: %s", e)
         _loaded = False
@@ -78,6 +75,50 @@ def load() -> bool:
     _register_fakes()
     _loaded = True
     return True
+
+
+@contextlib.contextmanager
+def _build_lock(build_dir: Path):
+    """One process at a time builds or loads build_dir. An OS lock: the kernel drops it when its holder
+    dies, so a build killed half-way (Ctrl-C at first start, a host killing the server) blocks nobody."""
+    import fcntl  # POSIX; where it is missing, load() falls back to the reference ops
+
+    with open(build_dir / "build.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("waiting for another process that is building the C++ ops extension in %s", build_dir)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _load_or_build(build_dir: Path, sources: list[str], flags: list[str], cuda_flags: list[str]) -> None:
+    # The directory is named by the hash of everything that goes into the build, so a finished build
+    # is loaded as it is: ninja would recompile it whenever the sources are newer than its objects,
+    # which is every fresh checkout of the same code.
+    library, finished = build_dir / f"{_LIBRARY}.so", build_dir / "finished"
+    if finished.exists() and library.exists():
+        torch.ops.load_library(str(library))
+        return
+    # cpp_extension's own lock file (torch.utils.file_baton), which it never removes when the process
+    # holding it dies: every later start would wait on it forever. Holding _build_lock, we know that
+    # no process of ours is building here, so a file left now is stale.
+    stale = build_dir / "lock"
+    if stale.exists():
+        logger.warning("removing %s, left by a build of the C++ ops extension that was interrupted", stale)
+        stale.unlink()
+    logger.info("building the C++ ops extension (once, about a minute) in %s", build_dir)
+    from torch.utils import cpp_extension
+
+    cpp_extension.load(name=_LIBRARY, sources=sources, extra_cflags=flags, extra_cuda_cflags=cuda_flags,
+                       extra_ldflags=["-fopenmp"], build_directory=str(build_dir), is_python_module=False,
+                       verbose=False)
+    partial = build_dir / "finished.partial"
+    partial.write_text(f"{_LIBRARY}.so built and loaded with torch {torch.__version__}\n")
+    os.replace(partial, finished)  # atomic: a reader sees no marker or a whole one
 
 
 def has_cpu_kernel(op: str) -> bool:

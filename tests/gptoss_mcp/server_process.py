@@ -26,7 +26,10 @@ def serve_args(model: Path | str, *extra: str) -> list[str]:
 
 
 def server_env(cache_dir: Path) -> dict[str, str]:
-    return {"GPTOSS_CACHE_DIR": str(cache_dir), "PYTHONUNBUFFERED": "1"}
+    # The stdio client passes a server only a few variables of its own (PATH, HOME, ...), so the
+    # session's extension build directory is passed on by name.
+    return {"GPTOSS_CACHE_DIR": str(cache_dir), "GPTOSS_EXTENSION_DIR": os.environ["GPTOSS_EXTENSION_DIR"],
+            "PYTHONUNBUFFERED": "1"}
 
 
 def stdio_params(model: Path | str, cache_dir: Path, *extra: str) -> StdioServerParameters:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,9 @@ def _inspect(target: list[str], *args: str) -> subprocess.CompletedProcess:
 
 
 def _stdio(model, cache_dir) -> list[str]:
-    return [sys.executable, "-m", "gptoss_mcp", "serve", "--model", str(model), "-e", f"GPTOSS_CACHE_DIR={cache_dir}"]
+    # MCP stdio clients give a server few of their own variables: the ones it needs go by -e.
+    return [sys.executable, "-m", "gptoss_mcp", "serve", "--model", str(model), "-e", f"GPTOSS_CACHE_DIR={cache_dir}",
+            "-e", "GPTOSS_EXTENSION_DIR=" + os.environ["GPTOSS_EXTENSION_DIR"]]
 
 
 def test_inspector_over_stdio(tiny_dir, cache_dir):
