@@ -4,6 +4,7 @@
 """
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -37,7 +38,10 @@ async def use(client: Client) -> None:
 
 async def main() -> None:
     print("== stdio")
-    async with Client(StdioServerParameters(command=SERVE[0], args=SERVE[1:])) as client:
+    # A stdio client passes the server only a few variables of its own (PATH, HOME, ...): pass on
+    # this shell's GPTOSS_* settings (cache directories, GPTOSS_OPS, ...) by name.
+    settings = {name: value for name, value in os.environ.items() if name.startswith("GPTOSS_")}
+    async with Client(StdioServerParameters(command=SERVE[0], args=SERVE[1:], env=settings)) as client:
         await use(client)
 
     print("== Streamable HTTP")

@@ -19,7 +19,9 @@ MODEL = sys.argv[1] if len(sys.argv) > 1 else "demo"
 async def main() -> None:
     gpt_oss = MCPServerStdio(
         name="gpt-oss",
-        params={"command": sys.executable, "args": ["-m", "gptoss_mcp", "serve", "--model", MODEL]},
+        # Stdio servers get only a few of this process's variables: pass on the GPTOSS_* settings.
+        params={"command": sys.executable, "args": ["-m", "gptoss_mcp", "serve", "--model", MODEL],
+                "env": {name: value for name, value in os.environ.items() if name.startswith("GPTOSS_")}},
         client_session_timeout_seconds=600,  # generation can take minutes on a CPU
     )
     async with gpt_oss:

@@ -14,15 +14,15 @@ CHECKPOINTS = {"tiny": ("tiny", 0), "tiny-odd": ("tiny-odd", 1), "small": ("smal
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _extension_built_by_this_session(tmp_path_factory):
-    """The C++ extension is built from scratch in a directory of this session's (the build is part of
-    what is tested, and a user's cache stays untouched); GPTOSS_EXTENSION_DIR, when set, is used instead.
-    Server subprocesses inherit the variable."""
-    if os.environ.get("GPTOSS_EXTENSION_DIR"):
-        yield
-        return
+def _caches_of_this_session(tmp_path_factory):
+    """The C++ extension is built from scratch, and the tokenizer and harmony caches are filled, in
+    directories of this session's: the build is part of what is tested, and a user's cache stays
+    untouched. GPTOSS_EXTENSION_DIR or GPTOSS_CACHE_DIR, when set, is used instead. Subprocesses
+    inherit the variables."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GPTOSS_EXTENSION_DIR", str(tmp_path_factory.mktemp("extension")))
+        for variable, name in (("GPTOSS_EXTENSION_DIR", "extension"), ("GPTOSS_CACHE_DIR", "cache")):
+            if not os.environ.get(variable):
+                mp.setenv(variable, str(tmp_path_factory.mktemp(name)))
         yield
 
 
