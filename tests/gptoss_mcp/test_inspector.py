@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 
 import pytest
 
-from tests.gptoss_mcp.server_process import http_server
+from tests.gptoss_mcp.server_process import http_server, server_env
 
 INSPECTOR = ["npx", "-y", "@modelcontextprotocol/inspector@2.12.0", "--cli"]
 pytestmark = pytest.mark.skipif(shutil.which("npx") is None, reason="npx (Node.js) is not installed")
@@ -22,8 +21,8 @@ def _inspect(target: list[str], *args: str) -> subprocess.CompletedProcess:
 
 def _stdio(model, cache_dir) -> list[str]:
     # MCP stdio clients give a server few of their own variables: the ones it needs go by -e.
-    return [sys.executable, "-m", "gptoss_mcp", "serve", "--model", str(model), "-e", f"GPTOSS_CACHE_DIR={cache_dir}",
-            "-e", "GPTOSS_EXTENSION_DIR=" + os.environ["GPTOSS_EXTENSION_DIR"]]
+    env = [arg for name, value in server_env(cache_dir).items() for arg in ("-e", f"{name}={value}")]
+    return [sys.executable, "-m", "gptoss_mcp", "serve", "--model", str(model), *env]
 
 
 def test_inspector_over_stdio(tiny_dir, cache_dir):
