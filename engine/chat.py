@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from engine.harmony import END, REASONING_EFFORTS, STOP_TOKENS, CompletionParser, FunctionTool, ToolCall
+from engine.harmony import END, REASONING_EFFORTS, STOP_TOKENS, CompletionParser
+from engine.messages import FunctionTool, ToolCall, coerce_tools
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -28,7 +29,7 @@ class GenerationParams:
     stop: tuple[str, ...] = ()
     reasoning_effort: str = "medium"
     instructions: str | None = None
-    tools: tuple[FunctionTool, ...] = ()
+    tools: tuple[FunctionTool, ...] = ()  # also OpenAI-shaped mappings (engine.messages)
     current_date: str | None = None  # YYYY-MM-DD for the system message; None leaves it out
 
     def __post_init__(self) -> None:
@@ -41,7 +42,7 @@ class GenerationParams:
         if self.reasoning_effort not in REASONING_EFFORTS:
             raise ValueError(f"reasoning_effort must be one of {REASONING_EFFORTS}, got {self.reasoning_effort!r}")
         object.__setattr__(self, "stop", tuple(self.stop))
-        object.__setattr__(self, "tools", tuple(self.tools))
+        object.__setattr__(self, "tools", coerce_tools(self.tools))
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ValueError(f"stop strings must be non-empty strings, got {list(self.stop)!r}")
 

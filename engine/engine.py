@@ -19,7 +19,8 @@ from engine.checkpoint import CheckpointError, SafetensorsCheckpoint
 from engine.config import ModelConfig
 from engine.embed import embed_token_lists
 from engine.generate import sample_tokens
-from engine.harmony import ChatMessage, FunctionTool, HarmonyFormat
+from engine.harmony import HarmonyFormat
+from engine.messages import ChatMessage, FunctionTool
 from engine.kv_cache import ContextLimitError, KVCache
 from engine.model import Transformer
 from engine.sampling import Sampler
@@ -149,7 +150,7 @@ class Engine:
         return HarmonyFormat(self.tokenizer)
 
     def render(self, messages: Iterable[ChatMessage | Mapping[str, Any]], reasoning_effort: str = "medium",
-               instructions: str | None = None, tools: Iterable[FunctionTool] = (),
+               instructions: str | None = None, tools: Iterable[FunctionTool | Mapping[str, Any]] = (),
                current_date: str | None = None) -> list[int]:
         """The harmony prompt ids for the assistant's next turn (ends with `<|start|>assistant`)."""
         return self.harmony.render(messages, reasoning_effort, instructions, tools, current_date)

@@ -19,69 +19,21 @@ from typing import Any, Literal
 import openai_harmony as oh
 
 from engine import o200k
+from engine.messages import FUNCTIONS, ChatMessage, FunctionTool, ToolCall, coerce_messages, coerce_tools
 from engine.tokenizer import StreamDecoder, Tokenizer
 
 logger = logging.getLogger(__name__)
 
 ReasoningEffort = Literal["low", "medium", "high"]
 REASONING_EFFORTS: tuple[str, ...] = ("low", "medium", "high")
-ROLES = ("system", "developer", "user", "assistant", "tool")
 
 RETURN, CALL, END = 200002, 200012, 200007
 STOP_TOKENS = frozenset({RETURN, CALL})  # the assistant's turn is over; <|end|> only ends one message
 _EFFORTS = {"low": oh.ReasoningEffort.LOW, "medium": oh.ReasoningEffort.MEDIUM, "high": oh.ReasoningEffort.HIGH}
-_FUNCTIONS = "functions."
 # Real headers ("<|channel|>commentary to=functions.name <|constrain|>json") take ~10 tokens; a longer
 # one means the model is writing text without a header, which is then taken as the answer.
 _MAX_HEADER_TOKENS = 48
 _HEADER_TOKENS = frozenset({200003, 200005, 200006, 200008})  # <|constrain|> <|channel|> <|start|> <|message|>
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    recipient: str        # e.g. "functions.get_weather"
-    arguments: str        # as the model wrote them (usually JSON)
-
-    @property
-    def name(self) -> str:
-        return self.recipient.removeprefix(_FUNCTIONS)
-
-
-@dataclass(frozen=True)
-class ChatMessage:
-    """One conversation message. `reasoning` and `tool_calls` only on assistant messages; `name`
-    on a tool message names the tool that produced it (default: the latest call's tool)."""
-
-    role: str
-    content: str = ""
-    reasoning: str | None = None
-    tool_calls: tuple[ToolCall, ...] = ()
-    name: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.role not in ROLES:
-            raise ValueError(f"message role must be one of {ROLES}, got {self.role!r}")
-        if not isinstance(self.content, str):
-            raise ValueError(f"message content must be a string, got {type(self.content).__name__}")
-
-    @classmethod
-    def coerce(cls, message: ChatMessage | Mapping[str, Any]) -> ChatMessage:
-        if isinstance(message, ChatMessage):
-            return message
-        if not isinstance(message, Mapping) or "role" not in message:
-            raise ValueError(f"a message needs a 'role' and 'content', got {message!r}")
-        calls = tuple(call if isinstance(call, ToolCall) else
-                      ToolCall(_FUNCTIONS + call["name"], call.get("arguments", "{}"))
-                      for call in message.get("tool_calls") or ())
-        return cls(message["role"], message.get("content") or "", message.get("reasoning"), calls,
-                   message.get("name"))
-
-
-@dataclass(frozen=True)
-class FunctionTool:
-    name: str
-    description: str = ""
-    parameters: dict[str, Any] | None = None  # JSON Schema of the arguments object
 
 
 @dataclass
@@ -99,7 +51,7 @@ class HarmonyFormat:
         self.encoding = _load_encoding(tokenizer.ranks)
 
     def render(self, messages: Iterable[ChatMessage | Mapping[str, Any]], reasoning_effort: str = "medium",
-               instructions: str | None = None, tools: Iterable[FunctionTool] = (),
+               instructions: str | None = None, tools: Iterable[FunctionTool | Mapping[str, Any]] = (),
                current_date: str | None = None) -> list[int]:
         """The prompt for the assistant's next turn, ending with `<|start|>assistant`.
 
@@ -109,18 +61,19 @@ class HarmonyFormat:
         documentation specifies.
 
         Raises:
-            ValueError: unknown role or reasoning effort, no user/assistant/tool message.
+            ValueError: unknown role or reasoning effort, no user/assistant/tool message, a malformed
+                message or tool (engine.messages; the message names its index and field).
         """
         if reasoning_effort not in _EFFORTS:
             raise ValueError(f"reasoning_effort must be one of {REASONING_EFFORTS}, got {reasoning_effort!r}")
-        chat = [ChatMessage.coerce(m) for m in messages]
+        chat = coerce_messages(messages)
         system = oh.SystemContent.new().with_reasoning_effort(_EFFORTS[reasoning_effort])
         if current_date:
             system = system.with_conversation_start_date(current_date)
         rendered = [oh.Message.from_role_and_content(oh.Role.SYSTEM, system)]
         notes = [instructions] if instructions else []
         notes += [m.content for m in chat if m.role in ("system", "developer") and m.content]
-        tools = list(tools)
+        tools = coerce_tools(tools)
         if notes or tools:
             developer = oh.DeveloperContent.new()
             if notes:
@@ -154,9 +107,10 @@ class HarmonyFormat:
                 elif m.content:
                     rendered.append(_assistant(m.content, "final"))
             elif m.role == "tool":
-                tool = _FUNCTIONS + m.name if m.name else last_tool
+                tool = FUNCTIONS + m.name if m.name else last_tool
                 if tool is None:
-                    raise ValueError(f"tool message {i} has no 'name' and follows no tool call")
+                    raise ValueError(f"messages[{i}] is a tool result that names no tool ('name' or 'tool_call_id') "
+                                     f"and follows no tool call")
                 rendered.append(oh.Message.from_author_and_content(oh.Author.new(oh.Role.TOOL, tool), m.content)
                                 .with_recipient("assistant").with_channel("commentary"))
         return self.encoding.render_conversation_for_completion(

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from engine import Engine
-from engine.synthetic import preset_config
+from engine.presets import preset_config
 
 
 def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -11,7 +11,7 @@ import pytest
 
 from engine.config import (FULL, SLIDING, ConfigError, ModelConfig, YarnScaling, alternating_layer_types,
                            yarn_correction_range)
-from engine.synthetic import PRESETS
+from engine.presets import PRESETS
 
 # The Hugging Face config.json of openai/gpt-oss-20b, verbatim.
 HF_20B = {

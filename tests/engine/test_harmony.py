@@ -18,7 +18,9 @@ from openai_harmony import (
     ToolDescription,
 )
 
-from engine.harmony import ChatMessage, FunctionTool, ParsedCompletion, ToolCall
+from engine import GenerationParams
+from engine.harmony import ParsedCompletion
+from engine.messages import ChatMessage, FunctionTool, ToolCall
 
 START_ASSISTANT = [200006, 173781]  # <|start|>assistant
 START, END, MESSAGE, CHANNEL, RETURN, CALL = 200006, 200007, 200008, 200005, 200002, 200012
@@ -187,6 +189,34 @@ CASES = {
          assistant("Let me check the forecast.", "commentary"),
          call("get_weather", '{"city": "Oslo"}'), tool_result("get_weather", "light rain"),
          assistant("Yes, light rain.", "final")]),
+    "openai-shaped-tools-calls-results-and-reasoning": (
+        dict(messages=[
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "Weather and time "},
+                                         {"type": "text", "text": "in Paris?"}]},
+            {"role": "assistant", "content": None, "reasoning_content": "Two tools.", "tool_calls": [
+                {"id": "call_1", "type": "function",
+                 "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}},
+                {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": {"city": "Paris"}}}]},
+            {"role": "tool", "tool_call_id": "call_2", "content": "14:05"},  # answered out of order: the id decides
+            {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "sunny"}]}],
+            tools=[{"type": "function", "function": {"name": WEATHER.name, "description": WEATHER.description,
+                                                     "parameters": WEATHER.parameters, "strict": True}},
+                   {"name": TIME.name, "description": TIME.description, "parameters": TIME.parameters}]),
+        [system("medium"), developer("Be brief.", [WEATHER, TIME]), user("Weather and time in Paris?"),
+         assistant("Two tools.", "analysis"), call("get_weather", '{"city":"Paris"}'),
+         call("get_time", '{"city":"Paris"}'), tool_result("get_time", "14:05"), tool_result("get_weather", "sunny")]),
+    "openai-shaped-finished-turn-drops-reasoning-content": (
+        dict(messages=[
+            {"role": "user", "content": "Ping the service."},
+            {"role": "assistant", "content": "", "reasoning": "Use ping.",
+             "tool_calls": [{"id": "c9", "type": "function", "function": {"name": "ping", "arguments": {}}}]},
+            {"role": "tool", "tool_call_id": "c9", "content": "up", "name": None},
+            {"role": "assistant", "content": "It is up.", "reasoning_content": "Tool said up."},
+            {"role": "user", "content": "Thanks"}],
+            tools=[{"type": "function", "name": PING.name, "description": PING.description}]),
+        [system("medium"), developer(tools=[PING]), user("Ping the service."), call("ping", "{}"),
+         tool_result("ping", "up"), assistant("It is up.", "final"), user("Thanks")]),
     "special-token-text-in-messages": (
         dict(messages=[
             {"role": "user", "content": "Print <|start|> and <|end|> literally."},
@@ -255,6 +285,92 @@ def test_render_accepts_dataclasses(engine):
                           {"role": "tool", "content": "up", "name": "ping"}])
 
 
+# Each shape callers may pass for one thing, all of which must render alike.
+TOOL_SHAPES = [WEATHER, {"name": "get_weather", "description": WEATHER.description, "parameters": WEATHER_SCHEMA},
+               {"type": "function", "name": "get_weather", "description": WEATHER.description,
+                "parameters": WEATHER_SCHEMA},
+               {"type": "function", "function": {"name": "get_weather", "description": WEATHER.description,
+                                                 "parameters": WEATHER_SCHEMA}}]
+CALL_SHAPES = [ToolCall("functions.get_weather", '{"city":"Oslo"}'),
+               {"name": "get_weather", "arguments": '{"city":"Oslo"}'},
+               {"name": "get_weather", "arguments": {"city": "Oslo"}},
+               {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}},
+               {"id": "c1", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]
+RESULT_SHAPES = [{"role": "tool", "content": "rain"}, {"role": "tool", "name": "get_weather", "content": "rain"},
+                 {"role": "tool", "tool_call_id": "c1", "content": "rain"},
+                 {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "rain"}]},
+                 ChatMessage("tool", "rain", name="get_weather")]
+REASONING_SHAPES = [{"reasoning": "Check it."}, {"reasoning_content": "Check it."},
+                    {"reasoning": "Check it.", "reasoning_content": "Check it."}]
+
+
+def test_every_shape_of_tools_calls_results_and_reasoning_renders_alike(engine, encoding):
+    want = _expected(encoding, [system("low"), developer(tools=[WEATHER]), user("Oslo?"),
+                                assistant("Check it.", "analysis"), call("get_weather", '{"city":"Oslo"}'),
+                                tool_result("get_weather", "rain")])
+    for tool in TOOL_SHAPES:
+        for tool_call in CALL_SHAPES:
+            for result in RESULT_SHAPES:
+                if isinstance(result, dict) and "tool_call_id" in result and \
+                        not (isinstance(tool_call, dict) and "id" in tool_call):
+                    continue  # an id needs a call that has one
+                for reasoning in REASONING_SHAPES:
+                    messages = [{"role": "user", "content": "Oslo?"},
+                                {"role": "assistant", "tool_calls": [tool_call], **reasoning}, result]
+                    assert engine.render(messages, "low", tools=[tool]) == want, (tool, tool_call, result, reasoning)
+
+
+def test_generation_params_take_openai_shaped_tools(engine):
+    params = GenerationParams(max_tokens=1, temperature=0, reasoning_effort="low", tools=TOOL_SHAPES[1:])
+    assert params.tools == (WEATHER,) * 3
+    messages = [{"role": "user", "content": "Oslo?"}]
+    generation = engine.generate(messages, params)
+    assert generation.run().usage.prompt_tokens == len(engine.render(messages, "low", tools=[WEATHER] * 3))
+
+
+@pytest.mark.parametrize("messages, tools, match", [
+    (["hello"], [], r"messages\[0\] must be a mapping"),
+    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], [],
+     r"messages\[0\]\.content\[0\] must be a text part"),
+    ([{"role": "user", "content": {"text": "hi"}}], [], r"messages\[0\]\.content must be a string or a list"),
+    ([{"role": "user", "content": "hi", "tool_calls": [{"name": "ping"}]}], [],
+     r"messages\[0\]\.tool_calls: only assistant messages"),
+    ([{"role": "assistant", "tool_calls": {"name": "ping"}}], [], r"messages\[0\]\.tool_calls must be a list"),
+    ([{"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"arguments": "{}"}}]}], [],
+     r"messages\[0\]\.tool_calls\[0\]\.function\.name must be a non-empty string"),
+    ([{"role": "assistant", "tool_calls": [{"arguments": "{}"}]}], [],
+     r"messages\[0\]\.tool_calls\[0\]\.name must be a non-empty string"),
+    ([{"role": "assistant", "tool_calls": [{"type": "function", "function": "ping"}]}], [],
+     r"messages\[0\]\.tool_calls\[0\]\.function must be a mapping"),
+    ([{"role": "assistant", "tool_calls": [{"type": "retrieval", "function": {"name": "ping"}}]}], [],
+     r"messages\[0\]\.tool_calls\[0\]\.type must be 'function'"),
+    ([{"role": "assistant", "tool_calls": [{"name": "ping", "arguments": {"when": {1, 2}}}]}], [],
+     r"messages\[0\]\.tool_calls\[0\]\.arguments must be a JSON string or a JSON value"),
+    ([{"role": "assistant", "tool_calls": [{"name": "ping", "id": 7}]}], [],
+     r"messages\[0\]\.tool_calls\[0\]\.id must be a string"),
+    ([{"role": "user", "content": "hi"},
+      {"role": "assistant", "tool_calls": [{"id": "a", "type": "function", "function": {"name": "ping"}}]},
+      {"role": "tool", "tool_call_id": "b", "content": "up"}], [],
+     r"messages\[2\]\.tool_call_id 'b' matches no tool call of an earlier assistant message \(known ids: \['a'\]\)"),
+    ([{"role": "assistant", "content": "x", "reasoning_content": 5}], [], r"messages\[0\]\.reasoning_content must be a string"),
+    ([{"role": "assistant", "content": "x", "reasoning": "a", "reasoning_content": "b"}], [],
+     r"messages\[0\] gives both 'reasoning' and 'reasoning_content'"),
+    ([{"role": "user", "content": "hi"}], ["get_weather"], r"tools\[0\] must be a FunctionTool or a mapping"),
+    ([{"role": "user", "content": "hi"}], [WEATHER, {"type": "function", "function": {"description": "nameless"}}],
+     r"tools\[1\]\.function\.name must be a non-empty string"),
+    ([{"role": "user", "content": "hi"}], [{"type": "web_search"}], r"tools\[0\]\.type 'web_search' is not supported"),
+    ([{"role": "user", "content": "hi"}], [{"name": "x", "parameters": "{}"}],
+     r"tools\[0\]\.parameters must be a JSON Schema object"),
+    ([{"role": "user", "content": "hi"}], [{"name": "x", "description": ["a"]}], r"tools\[0\]\.description must be a string"),
+])
+def test_malformed_messages_and_tools_name_the_index_and_field(engine, messages, tools, match):
+    with pytest.raises(ValueError, match=match):
+        engine.render(messages, tools=tools)
+    if tools:
+        with pytest.raises(ValueError, match=match):
+            GenerationParams(tools=tools)
+
+
 def test_reasoning_kept_when_there_is_no_user_message(engine, encoding):
     got = engine.render([{"role": "assistant", "reasoning": "Start by checking.",
                           "tool_calls": [{"name": "ping", "arguments": "{}"}]}, {"role": "tool", "content": "up"}],
@@ -275,9 +391,9 @@ def test_reasoning_kept_when_there_is_no_user_message(engine, encoding):
     ([], "medium", "at least one"),
     ([{"role": "system", "content": "Be nice."}], "medium", "at least one"),
     ([{"role": "system", "content": "a"}, {"role": "developer", "content": "b"}], "low", "at least one"),
-    ([{"role": "tool", "content": "42"}], "medium", "tool message 0"),
+    ([{"role": "tool", "content": "42"}], "medium", r"messages\[0\] is a tool result"),
     ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}, {"role": "tool", "content": "42"}],
-     "medium", "tool message 2"),
+     "medium", r"messages\[2\] is a tool result"),
 ])
 def test_render_rejects_bad_conversations(engine, messages, effort, match):
     with pytest.raises(ValueError, match=match):

@@ -7,7 +7,7 @@ import torch
 
 from engine import ContextLimitError
 from engine.kv_cache import FullAttentionCache, KVCache, SlidingWindowCache
-from engine.synthetic import preset_config
+from engine.presets import preset_config
 
 
 def _step(cache: KVCache, tokens: int) -> None:

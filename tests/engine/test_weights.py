@@ -14,7 +14,7 @@ from engine import Engine
 from engine.checkpoint import INDEX_NAME, SafetensorsCheckpoint
 from engine.config import ModelConfig
 from engine.model import Transformer
-from engine.synthetic import PRESETS
+from engine.presets import PRESETS
 from engine.weights import canonical_specs, file_specs, read_weights
 
 ALL_PRESETS = sorted(PRESETS)

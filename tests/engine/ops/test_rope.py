@@ -12,7 +12,7 @@ import torch
 from engine.config import YarnScaling, yarn_correction_range
 from engine.model import RotaryEmbedding
 from engine.ops import reference
-from engine.synthetic import preset_config
+from engine.presets import preset_config
 
 from tests.engine.ops.naive import EPS32, U32
 
