@@ -75,12 +75,13 @@ class GenerationResult:
 
 
 class Generation:
-    """An iterator of GenerationStep; `result` is set once it is exhausted (or `run()` is called)."""
+    """An iterator of GenerationStep; `result` is set once it is exhausted (or `run()` is called).
+    `prompt_tokens` is the rendered prompt's length, known before the first step."""
 
     def __init__(self, tokens: Iterator[int], parser: CompletionParser, params: GenerationParams,
                  prompt_tokens: int, max_new_tokens: int, should_cancel: Callable[[], bool] | None = None):
         self._tokens, self._parser, self._params = tokens, parser, params
-        self._prompt_tokens, self._max_new_tokens = prompt_tokens, max_new_tokens
+        self.prompt_tokens, self._max_new_tokens = prompt_tokens, max_new_tokens
         self._should_cancel = should_cancel or (lambda: False)
         self._steps = self._run()
         self.result: GenerationResult | None = None
@@ -126,7 +127,7 @@ class Generation:
         parsed = self._parser.result()
         self.result = GenerationResult(
             text=stops.cut(parsed.final), reasoning=parsed.analysis, tool_calls=parsed.tool_calls,
-            finish_reason=finish, usage=Usage(self._prompt_tokens, len(completion)), completion_ids=completion)
+            finish_reason=finish, usage=Usage(self.prompt_tokens, len(completion)), completion_ids=completion)
 
 
 class _StopStrings:

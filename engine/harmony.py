@@ -1,24 +1,19 @@
 """The harmony chat format, through OpenAI's `openai-harmony` library.
 
 Messages plus reasoning effort become prompt token ids; completion token ids become channels
-(`analysis` = reasoning, `final` = the answer, `commentary` = tool calls). The library needs the
-o200k_base ranks as a `.tiktoken` file; they are derived from the model's own `tokenizer.json`
-(SHA-256 checked by `engine.tokenizer`), so nothing is downloaded.
+(`analysis` = reasoning, `final` = the answer, `commentary` = tool calls). The library's encoding
+comes from the tokenizer (`engine.tokenizer`), which builds it from the model's own ranks.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import openai_harmony as oh
 
-from engine import o200k
 from engine.messages import FUNCTIONS, ChatMessage, FunctionTool, ToolCall, coerce_messages, coerce_tools
 from engine.tokenizer import StreamDecoder, Tokenizer
 
@@ -48,7 +43,7 @@ class HarmonyFormat:
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
-        self.encoding = _load_encoding(tokenizer.ranks)
+        self.encoding = tokenizer.encoding
 
     def render(self, messages: Iterable[ChatMessage | Mapping[str, Any]], reasoning_effort: str = "medium",
                instructions: str | None = None, tools: Iterable[FunctionTool | Mapping[str, Any]] = (),
@@ -216,20 +211,3 @@ class CompletionParser:
 
 def _assistant(text: str, channel: str) -> oh.Message:
     return oh.Message.from_role_and_content(oh.Role.ASSISTANT, text).with_channel(channel)
-
-
-def _load_encoding(ranks: dict[bytes, int]) -> oh.HarmonyEncoding:
-    # openai-harmony reads o200k_base.tiktoken from TIKTOKEN_ENCODINGS_BASE instead of downloading it.
-    import platformdirs
-
-    directory = Path(os.environ.get("GPTOSS_CACHE_DIR") or platformdirs.user_cache_dir("gptoss-mcp")) / \
-        f"tiktoken-{o200k.O200K_BASE_SHA256[:16]}"
-    target = directory / "o200k_base.tiktoken"
-    if not target.is_file():
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(o200k.tiktoken_text(ranks))
-        os.replace(tmp, target)
-    os.environ["TIKTOKEN_ENCODINGS_BASE"] = str(directory)
-    return oh.load_harmony_encoding(oh.HarmonyEncodingName.HARMONY_GPT_OSS)

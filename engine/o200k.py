@@ -23,9 +23,11 @@ import importlib.resources
 import json
 import logging
 import os
+import re
 import struct
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
@@ -169,6 +171,10 @@ def build_tokenizer(ranks: dict[bytes, int]) -> Tokenizer:
 def ranks_from_tokenizer_json(path: str | os.PathLike[str]) -> dict[bytes, int]:
     """Recover o200k ranks from a byte-level BPE ``tokenizer.json``.
 
+    Only what the ranks need is parsed (``added_tokens``, ``pre_tokenizer``, the model's ``type`` and
+    ``vocab``), member by member, never the merges that make up most of the file: one ``json.loads``
+    of the whole file holds the GIL for most of a second, which would stall a server loading it.
+
     Args:
         path: A ``tokenizer.json``, e.g. from a downloaded gpt-oss model dir.
 
@@ -177,14 +183,16 @@ def ranks_from_tokenizer_json(path: str | os.PathLike[str]) -> dict[bytes, int]:
         199998).  Run :func:`check_ranks` before trusting them.
 
     Raises:
-        ValueError: If the file is not JSON, not a BPE model, or holds tokens
-            outside the byte-level alphabet.
+        ValueError: If the file is not JSON, not a BPE model, holds tokens outside the byte-level
+            alphabet, or splits text with another pre-tokenizer than o200k's.
     """
     try:
-        spec = json.loads(Path(path).read_text(encoding="utf-8"))
+        spec = _tokenizer_json_parts(Path(path).read_text(encoding="utf-8"))
         model = spec["model"]
         if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
             raise ValueError("model is not BPE")
+        if _PATTERN not in _split_patterns(spec.get("pre_tokenizer")):
+            raise ValueError("its pre-tokenizer does not split text with o200k's regex")
         added = {t["id"] for t in spec.get("added_tokens") or []}
         ranks: dict[bytes, int] = {}
         for text, rank in model["vocab"].items():
@@ -199,6 +207,79 @@ def ranks_from_tokenizer_json(path: str | os.PathLike[str]) -> dict[bytes, int]:
     if len(set(ranks.values())) != len(ranks):
         raise ValueError(f"{path}: duplicate ids in the BPE vocab")
     return ranks
+
+
+_JSON = json.JSONDecoder()
+_SPACE = re.compile(r"[ \t\n\r]*")
+_TOP_MEMBERS = ("added_tokens", "pre_tokenizer", "model")
+_MODEL_MEMBERS = ("type", "vocab")
+
+
+def _tokenizer_json_parts(text: str) -> dict[str, Any]:
+    """The members of _TOP_MEMBERS (of "model": _MODEL_MEMBERS) of a tokenizer.json text. Hugging
+    Face writes them before the merges; a file in another order is parsed whole."""
+    try:
+        top, _ = _object_members(text, 0, _TOP_MEMBERS, nested={"model": _MODEL_MEMBERS})
+        return top
+    except _OutOfOrder:
+        spec = json.loads(text)
+        if not isinstance(spec, dict) or not isinstance(spec.get("model"), dict):
+            raise ValueError("no 'model' object") from None
+        return spec
+
+
+class _OutOfOrder(Exception):
+    """A nested object stopped early, but members after it were still wanted."""
+
+
+def _object_members(text: str, pos: int, wanted: tuple[str, ...],
+                    nested: dict[str, tuple[str, ...]] | None = None) -> tuple[dict[str, Any], int | None]:
+    """The wanted members of the JSON object at text[pos], each parsed by json's own decoder (short
+    calls), and the object's end; reading stops as soon as all are found (end None then). Members in
+    `nested` are objects read the same way for their own wanted members."""
+    nested = nested or {}
+    found: dict[str, Any] = {}
+    pos = _expect(text, pos, "{")
+    if text.startswith("}", pos):
+        return found, pos + 1
+    while True:
+        key, pos = _JSON.raw_decode(text, pos)
+        pos = _expect(text, pos, ":")
+        if key in nested:
+            found[key], end = _object_members(text, pos, nested[key])
+            if end is None:
+                if set(found) >= set(wanted):
+                    return found, None
+                raise _OutOfOrder
+            pos = end
+        else:
+            value, pos = _JSON.raw_decode(text, pos)
+            if key in wanted:
+                found[key] = value
+        if set(found) >= set(wanted):
+            return found, None
+        pos = _SPACE.match(text, pos).end()
+        if text.startswith("}", pos):
+            return found, pos + 1
+        pos = _expect(text, pos, ",")
+
+
+def _expect(text: str, pos: int, char: str) -> int:
+    pos = _SPACE.match(text, pos).end()
+    if not text.startswith(char, pos):
+        raise ValueError(f"expected {char!r} at character {pos}")
+    return _SPACE.match(text, pos + 1).end()
+
+
+def _split_patterns(pre_tokenizer: Any) -> list[str]:
+    """The regexes of the Split steps of a serialized pre-tokenizer (a Sequence or a single step)."""
+    if not isinstance(pre_tokenizer, dict):
+        return []
+    if pre_tokenizer.get("type") == "Sequence":
+        return [p for step in pre_tokenizer.get("pretokenizers") or [] for p in _split_patterns(step)]
+    pattern = pre_tokenizer.get("pattern")
+    return [pattern["Regex"]] if pre_tokenizer.get("type") == "Split" and isinstance(pattern, dict) and \
+        isinstance(pattern.get("Regex"), str) else []
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

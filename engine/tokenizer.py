@@ -1,18 +1,23 @@
-"""The o200k_harmony tokenizer, loaded from the model directory's `tokenizer.json`.
+"""The o200k_harmony tokenizer, from the model directory's `tokenizer.json`.
 
-Encoding uses the Hugging Face `tokenizers` library with special-token parsing switched off, so
-text is encoded like tiktoken's `encode_ordinary`: a user typing "<|start|>" gets plain-text tokens,
-never the control token. Decoding goes through a byte table built from the same file, so every id of
-the model's vocabulary decodes (the HF file names only ids below 200 019; the padding ids above are
-rendered as `<|reserved_N|>`, as harmony names them), and streamed text never splits a UTF-8 character.
+The file's BPE ranks are read and checked to be o200k's (SHA-256); encoding then goes through
+openai-harmony's own o200k_harmony encoding (tiktoken's algorithm) built from those ranks, with
+special-token parsing switched off, so text is encoded like tiktoken's `encode_ordinary`: a user
+typing "<|start|>" gets plain-text tokens, never the control token. (Loading the file into the
+Hugging Face `tokenizers` library instead would hold the GIL for over a second: its 446k merges.)
+Decoding goes through a byte table built from the same ranks, so every id of the model's vocabulary
+decodes (the HF file names only ids below 200 019; the padding ids above are rendered as
+`<|reserved_N|>`, as harmony names them), and streamed text never splits a UTF-8 character.
 """
 
 from __future__ import annotations
 
 import codecs
+import os
+import tempfile
 from pathlib import Path
 
-from tokenizers import Tokenizer as HFTokenizer
+import openai_harmony as oh
 
 from engine import o200k
 
@@ -36,13 +41,9 @@ class Tokenizer:
             o200k.check_ranks(self.ranks)
         except ValueError as e:
             raise TokenizerError(f"{path}: not the o200k_harmony tokenizer: {e}") from None
-        try:
-            self._hf = HFTokenizer.from_file(str(path))
-        except Exception as e:  # the tokenizers library raises a bare Exception for a malformed file
-            raise TokenizerError(f"{path}: not a loadable tokenizer.json ({e})") from None
-        self._hf.encode_special_tokens = True  # special-token strings in text stay text
-        if self.encode(_PROBE_TEXT) != _PROBE_IDS:  # the ranks were checked; this checks the pre-tokenizer
-            raise TokenizerError(f"{path}: encodes differently from o200k_harmony (pre-tokenizer or model settings)")
+        self.encoding = _harmony_encoding(self.ranks)
+        if self.encode(_PROBE_TEXT) != _PROBE_IDS:  # the ranks were checked; this checks the encoding's rules
+            raise TokenizerError(f"{path}: encodes differently from o200k_harmony")
         self.vocab_size = vocab_size
         self._bytes: list[bytes] = [b""] * vocab_size
         for token, rank in self.ranks.items():
@@ -52,10 +53,10 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Ordinary-text token ids; special-token strings are not parsed."""
-        return self._hf.encode(text, add_special_tokens=False).ids
+        return self.encoding.encode(text, allowed_special=set(), disallowed_special=())
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self._hf.encode_batch(texts, add_special_tokens=False)]
+        return [self.encode(text) for text in texts]
 
     def decode_bytes(self, ids: list[int]) -> bytes:
         for i in ids:
@@ -85,3 +86,21 @@ class StreamDecoder:
 
     def flush(self) -> str:
         return self._utf8.decode(b"", final=True)
+
+
+def _harmony_encoding(ranks: dict[bytes, int]) -> oh.HarmonyEncoding:
+    # openai-harmony reads o200k_base.tiktoken from TIKTOKEN_ENCODINGS_BASE instead of downloading it;
+    # the ranks were checked to be o200k's, so the file written from them is the official one.
+    import platformdirs
+
+    directory = Path(os.environ.get("GPTOSS_CACHE_DIR") or platformdirs.user_cache_dir("gptoss-mcp")) / \
+        f"tiktoken-{o200k.O200K_BASE_SHA256[:16]}"
+    target = directory / "o200k_base.tiktoken"
+    if not target.is_file():
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(o200k.tiktoken_text(ranks))
+        os.replace(tmp, target)
+    os.environ["TIKTOKEN_ENCODINGS_BASE"] = str(directory)
+    return oh.load_harmony_encoding(oh.HarmonyEncodingName.HARMONY_GPT_OSS)

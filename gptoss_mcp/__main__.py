@@ -71,11 +71,11 @@ def _generate(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import functools
 
-    from gptoss_mcp.http_security import auth_options, transport_security
-    from gptoss_mcp.loader import load_engine
+    from gptoss_mcp.http_security import auth_options
     from gptoss_mcp.runtime import EngineRunner
     from gptoss_mcp.server import build_server
     from gptoss_mcp.settings import ServerSettings
+    from gptoss_mcp.shutdown import end_on_signals, end_process
 
     log = logging.getLogger("gptoss_mcp")
     try:
@@ -91,25 +91,57 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as e:
         log.error("%s", e)
         return EXIT_BAD_ARGUMENTS
-    runner = EngineRunner(functools.partial(load_engine, settings), settings.max_waiting,
-                          settings.progress_interval)
+    end_on_signals()
+    runner = EngineRunner(functools.partial(_load_engine, settings), settings.max_waiting,
+                          settings.progress_interval, start_timeout=_LOAD_START_TIMEOUT)
     mcp = build_server(settings, runner, **server_options)
     log.info("serving %s over %s", settings.model, settings.transport)
+    code = 0
     try:
         if settings.transport == "stdio":
-            mcp.run()
-        elif settings.transport == "http":
-            mcp.run("streamable-http", host=settings.host, port=settings.port,
-                    transport_security=transport_security(settings))
+            mcp.run()  # returns on stdin EOF
         else:
-            mcp.run("sse", host=settings.host, port=settings.port, transport_security=transport_security(settings))
-    finally:
-        runner.close()
-    return 0
+            _run_http(mcp, settings, args.log_level)
+    except SystemExit as e:  # uvicorn exits this way when it cannot bind the port
+        code = e.code if isinstance(e.code, int) else 1
+    log.info("%s ended: shutting down", "stdin" if settings.transport == "stdio" else "the HTTP server")
+    end_process(code)  # never waits for the engine thread
+
+
+# Seconds the engine thread waits for the server's first reply before it starts loading anyway.
+_LOAD_START_TIMEOUT = 1.0
+
+
+def _load_engine(settings, report):
+    from gptoss_mcp.loader import load_engine  # imports torch and the engine: on the engine thread only
+
+    return load_engine(settings, report)
+
+
+def _run_http(mcp, settings, log_level: str) -> None:
+    import contextlib
+
+    import uvicorn
+
+    from gptoss_mcp.http_security import transport_security
+
+    class Server(uvicorn.Server):
+        # SIGTERM and SIGINT stay with gptoss_mcp.shutdown: uvicorn's graceful shutdown would wait for
+        # open generation streams (or cancel them with a traceback in the log).
+        @contextlib.contextmanager
+        def capture_signals(self):
+            yield
+
+    security = transport_security(settings)
+    if settings.transport == "http":
+        app = mcp.streamable_http_app(transport_security=security, host=settings.host)
+    else:
+        app = mcp.sse_app(transport_security=security, host=settings.host)
+    Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level.lower())).run()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from engine.synthetic import PRESETS
+    from engine.presets import PRESETS
 
     parser = argparse.ArgumentParser(prog="gptoss-mcp", description=__doc__)
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])

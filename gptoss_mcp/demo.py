@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -16,6 +17,7 @@ logger = logging.getLogger(__name__)
 
 DEMO_PRESET, DEMO_SEED = "tiny", 0
 _DEMO_NAME = f"demo-{DEMO_PRESET}-seed{DEMO_SEED}-v1"
+_STAGING_PREFIX = ".demo-"
 
 
 def demo_model_dir() -> Path:
@@ -25,15 +27,32 @@ def demo_model_dir() -> Path:
     if (target / "config.json").is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
-    logger.info("building the demo model (random weights, real gpt-oss format) in %s", target)
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=".demo-"))
-    try:
-        write_model(staging, preset=DEMO_PRESET, seed=DEMO_SEED, original=False)
+    with _build_lock(root):
+        if (target / "config.json").is_file():  # another process built it while we waited
+            return target
+        # Holding the lock, any staging directory left is from a build that was killed half-way.
+        for stale in root.glob(_STAGING_PREFIX + "*"):
+            logger.info("removing %s, left by an interrupted build of the demo model", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        logger.info("building the demo model (random weights, real gpt-oss format) in %s", target)
+        staging = Path(tempfile.mkdtemp(dir=root, prefix=_STAGING_PREFIX))
         try:
-            staging.rename(target)  # atomic: another process may have won the race, which is fine
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            write_model(staging, preset=DEMO_PRESET, seed=DEMO_SEED, original=False)
+            staging.rename(target)  # atomic: the directory appears whole or not at all
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+@contextlib.contextmanager
+def _build_lock(root: Path):
+    """One process at a time builds the demo model. An OS lock: the kernel drops it when its holder
+    dies, so a server stopped in the middle of the build blocks no later start."""
+    import fcntl  # POSIX
+
+    with open(root / ".demo.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

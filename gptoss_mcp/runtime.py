@@ -1,6 +1,10 @@
 """EngineRunner: one dedicated thread owns the Engine; async callers queue work onto it.
 
-The model loads on that thread in the background, so the server answers its first message at once.
+The model loads on that thread in the background, and torch, the engine and the tokenizer are
+imported there, never by the server's own modules, so the server answers its first message at once.
+The thread may be held back until that reply is out (`start_loading`): importing torch holds the GIL
+for a few tenths of a second at a time.
+
 Requests run one at a time in arrival order (a queue, not batching); the number waiting is bounded
 and a full queue answers "busy" at once. A waiting or running request is cancelled through a
 threading.Event that generation polls before every token, so a cancelled call stops within one
@@ -16,11 +20,12 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 
-from engine import Engine, GenerationParams, GenerationResult
+if TYPE_CHECKING:
+    from engine import Engine, GenerationResult
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +44,13 @@ class Busy(RuntimeError):
 
 @dataclass
 class Progress:
-    """What a running call has produced so far, for progress notifications."""
+    """Where a call is and what it has produced so far, for progress notifications."""
 
-    phase: Literal["loading", "waiting", "generating"]
+    phase: Literal["loading", "queued", "running", "prefilling", "generating"]
     load_progress: float = 0.0
     ahead: int = 0             # requests in front of this one
+    task: str = ""             # what a "running" call does, e.g. "embedding 3 texts"
+    prompt_tokens: int = 0
     tokens: int = 0
     text: str = ""
 
@@ -53,12 +60,13 @@ ProgressCallback = Callable[[Progress], Awaitable[None]]
 
 class EngineRunner:
     def __init__(self, load: Callable[[Callable[[float], None]], Engine], max_waiting: int,
-                 progress_interval: float = 1.0):
+                 progress_interval: float = 1.0, start_timeout: float = 0.0):
         """
         Args:
             load: builds the Engine on the engine thread; gets a callback for load progress 0..1.
             max_waiting: requests allowed to queue behind the running one before "busy".
             progress_interval: seconds between progress notifications of one call.
+            start_timeout: seconds the engine thread waits for `start_loading()` before it loads anyway.
         """
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gptoss-engine")
         self.max_waiting, self.progress_interval = max_waiting, progress_interval
@@ -73,11 +81,25 @@ class EngineRunner:
         self.tokens_generated_total = 0
         self._active: set[threading.Event] = set()  # cancel flags of submitted work
         self._recent: collections.deque[tuple[float, int]] = collections.deque(maxlen=256)  # (time, tokens)
-        self._load_future = self._executor.submit(self._load, load)
+        self._may_load = threading.Event()
+        self._load_timer: threading.Timer | None = None
+        self._load_future = self._executor.submit(self._load, load, start_timeout)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
-    def _load(self, load: Callable[[Callable[[float], None]], Engine]) -> None:
+    def start_loading(self, after: float = 0.0) -> None:
+        """Lets the engine thread start loading `after` seconds from now, or at once."""
+        if after <= 0:
+            self._may_load.set()
+            return
+        with self._lock:
+            if self._load_timer is None:
+                self._load_timer = threading.Timer(after, self._may_load.set)
+                self._load_timer.daemon = True
+                self._load_timer.start()
+
+    def _load(self, load: Callable[[Callable[[float], None]], Engine], start_timeout: float) -> None:
+        self._may_load.wait(start_timeout)
         try:
             self.engine = load(self._set_load_progress)
         except Exception as e:  # any failure is reported through status and tool errors, never fatal
@@ -104,6 +126,7 @@ class EngineRunner:
         Raises:
             EngineUnavailable: the load failed (with its reason).
         """
+        self.start_loading()
         last = 0.0
         while self.state == "loading":
             if on_progress and time.monotonic() - last >= self.progress_interval:
@@ -116,14 +139,18 @@ class EngineRunner:
 
     # --- work ------------------------------------------------------------------------------------
 
-    async def generate(self, messages: list[dict[str, Any]], params: GenerationParams,
+    async def generate(self, messages: list[dict[str, Any]], params: dict[str, Any],
                        on_progress: ProgressCallback | None = None) -> GenerationResult:
-        progress = Progress("waiting")
+        """Generates on the engine thread; `params` are GenerationParams' fields (a bad one is a ValueError)."""
+        progress = Progress("queued")
 
         def work(engine: Engine, cancelled: threading.Event) -> GenerationResult:
-            progress.phase = "generating"
-            generation = engine.generate(messages, params, should_cancel=cancelled.is_set)
+            from engine import GenerationParams  # imported by the load, on this thread
+
+            generation = engine.generate(messages, GenerationParams(**params), should_cancel=cancelled.is_set)
+            progress.prompt_tokens, progress.phase = generation.prompt_tokens, "prefilling"
             for step in generation:
+                progress.phase = "generating"
                 progress.tokens += 1
                 progress.text += step.text
                 self._count_token()
@@ -131,9 +158,15 @@ class EngineRunner:
 
         return await self._submit(work, progress, on_progress)
 
-    async def call(self, work: Callable[[Engine], T], on_progress: ProgressCallback | None = None) -> T:
-        """Runs `work(engine)` on the engine thread, queued like a generation."""
-        return await self._submit(lambda engine, _: work(engine), Progress("waiting"), on_progress)
+    async def call(self, work: Callable[[Engine], T], task: str, on_progress: ProgressCallback | None = None) -> T:
+        """Runs `work(engine)` on the engine thread, queued like a generation; `task` says what it does."""
+        progress = Progress("queued", task=task)
+
+        def run(engine: Engine, _cancelled: threading.Event) -> T:
+            progress.phase = "running"
+            return work(engine)
+
+        return await self._submit(run, progress, on_progress)
 
     async def _submit(self, work: Callable[[Engine, threading.Event], T], progress: Progress,
                       on_progress: ProgressCallback | None) -> T:
@@ -149,8 +182,10 @@ class EngineRunner:
         with self._lock:
             self._active.add(cancelled)
         future: Future[T] = self._executor.submit(self._run, work, cancelled)
-        last = time.monotonic()
         try:
+            if on_progress:  # at once: a call that ends within one interval still reports where it was
+                await on_progress(progress)
+            last = time.monotonic()
             while not future.done():
                 await anyio.sleep(_POLL_SECONDS)
                 if on_progress and time.monotonic() - last >= self.progress_interval:

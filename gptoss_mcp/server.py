@@ -2,7 +2,8 @@
 
 Thin wiring only: the engine work happens in `EngineRunner` on its own thread, and the tools here
 turn arguments into engine calls and engine outcomes into results or ToolErrors the host's model
-can read and act on.
+can read and act on. Nothing here imports torch or the engine: that happens on the engine thread,
+which starts loading once the first reply is out.
 """
 
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from mcp.server import MCPServer
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
@@ -19,7 +21,6 @@ from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from engine import ContextLimitError, GenerationParams
 from gptoss_mcp import __version__
 from gptoss_mcp.model_info import model_info, model_name
 from gptoss_mcp.runtime import Busy, EngineRunner, EngineUnavailable, Progress
@@ -28,6 +29,10 @@ from gptoss_mcp.schemas import (Effort, EmbedResult, EmbedUsage, GenerateResult,
 from gptoss_mcp.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
+
+# Time for the first reply to be written after its handler returns, before the engine thread may
+# import torch (whose library load holds the GIL for ~0.3 s).
+_REPLY_WRITE_SECONDS = 0.1
 
 INSTRUCTIONS = (
     "Runs OpenAI's open-weight gpt-oss model locally. Use `generate` to ask it something (it reasons "
@@ -50,15 +55,35 @@ class _ProgressReporter:
         self._ctx, self._total, self._last = ctx, total, -1.0
 
     async def __call__(self, progress: Progress) -> None:
-        if progress.phase == "loading":
-            message = f"loading the model ({progress.load_progress:.0%})"
-        elif progress.phase == "waiting":
-            message = f"waiting for the engine ({progress.ahead} request(s) ahead)"
-        else:
-            message = progress.text
         value = max(float(progress.tokens), self._last + 0.001)  # keep-alives while nothing new is made
         self._last = value
-        await self._ctx.report_progress(value, self._total, message)
+        await self._ctx.report_progress(value, self._total, progress_message(progress))
+
+
+def progress_message(progress: Progress) -> str:
+    if progress.phase == "loading":
+        return f"loading the model ({progress.load_progress:.0%})"
+    if progress.phase == "queued":
+        return f"queued behind {progress.ahead} request(s)" if progress.ahead else "queued, next to run"
+    if progress.phase == "running":
+        return progress.task
+    if progress.phase == "prefilling":
+        return f"prefilling {progress.prompt_tokens} prompt tokens"
+    return progress.text
+
+
+class _StartLoadingAfterFirstReply:
+    """Server middleware: lets the engine thread start loading once the first request is answered."""
+
+    def __init__(self, runner: EngineRunner):
+        self._runner, self._answered = runner, False
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        result = await call_next(ctx)
+        if not self._answered and ctx.request_id is not None:
+            self._answered = True
+            self._runner.start_loading(after=_REPLY_WRITE_SECONDS)
+        return result
 
 
 def build_server(settings: ServerSettings, runner: EngineRunner, **server_options: Any) -> MCPServer:
@@ -69,12 +94,13 @@ def build_server(settings: ServerSettings, runner: EngineRunner, **server_option
     # No lifespan: the model is already loading on the engine thread (nothing may wait for it before
     # the first reply), and the SSE transport would run a lifespan per connection. The caller owns
     # the runner and closes it when the server stops.
-    mcp = MCPServer("gptoss-mcp", version=__version__, instructions=INSTRUCTIONS, **server_options)
+    mcp = MCPServer("gptoss-mcp", version=__version__, instructions=INSTRUCTIONS,
+                    middleware=[_StartLoadingAfterFirstReply(runner)], **server_options)
 
     async def _engine_call(coroutine):
         try:
             return await coroutine
-        except (EngineUnavailable, Busy, ContextLimitError, ValueError) as e:
+        except (EngineUnavailable, Busy, ValueError) as e:  # ValueError: bad input, the context limit
             raise ToolError(str(e)) from None
 
     @mcp.tool(
@@ -109,10 +135,10 @@ def build_server(settings: ServerSettings, runner: EngineRunner, **server_option
         effort = reasoning_effort or state.reasoning_effort
         conversation = [{"role": "user", "content": prompt}] if prompt is not None else \
             [m.model_dump() for m in messages]
-        params = GenerationParams(max_tokens=max_tokens or settings.default_max_tokens, temperature=temperature,
-                                  top_p=top_p, seed=seed, stop=tuple(stop or ()), reasoning_effort=effort,
-                                  instructions=instructions)
-        result = await _engine_call(runner.generate(conversation, params, _ProgressReporter(ctx, params.max_tokens)))
+        params = dict(max_tokens=max_tokens or settings.default_max_tokens, temperature=temperature, top_p=top_p,
+                      seed=seed, stop=tuple(stop or ()), reasoning_effort=effort, instructions=instructions)
+        result = await _engine_call(runner.generate(conversation, params,
+                                                    _ProgressReporter(ctx, params["max_tokens"])))
         return GenerateResult(
             text=result.text, reasoning=result.reasoning if include_reasoning else None,
             finish_reason="stop" if result.finish_reason == "stop" else "length", reasoning_effort=effort,
@@ -142,7 +168,8 @@ def build_server(settings: ServerSettings, runner: EngineRunner, **server_option
             tokens = sum(len(ids) for ids in engine.tokenizer.encode_batch(texts))
             return engine.embed(texts, normalize=normalize), tokens
 
-        vectors, tokens = await _engine_call(runner.call(work, _ProgressReporter(ctx, None)))
+        vectors, tokens = await _engine_call(runner.call(work, f"embedding {len(texts)} text(s)",
+                                                         _ProgressReporter(ctx, None)))
         return EmbedResult(embeddings=vectors.tolist(), dimensions=vectors.shape[1],
                            model=name, usage=EmbedUsage(prompt_tokens=tokens))
 

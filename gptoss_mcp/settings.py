@@ -6,10 +6,12 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args
 
-from engine import REASONING_EFFORTS
+from gptoss_mcp.schemas import Effort
 
 TRANSPORTS = ("stdio", "http", "sse")
+REASONING_EFFORTS = get_args(Effort)
 LOOPBACK_NAMES = ("localhost",)
 
 

@@ -8,14 +8,14 @@ import time
 import anyio
 import pytest
 
-from engine import GenerationParams, GenerationResult, GenerationStep, Usage
+from engine import GenerationResult, GenerationStep, Usage
 from gptoss_mcp.runtime import Busy, EngineRunner, EngineUnavailable
 
 
 class FakeGeneration:
     def __init__(self, tokens: int, delay: float, should_cancel):
         self._tokens, self._delay, self._should_cancel = tokens, delay, should_cancel
-        self.result = None
+        self.prompt_tokens, self.result = 1, None
 
     def __iter__(self):
         produced, finish = 0, "length"
@@ -61,7 +61,7 @@ def test_generation_runs_on_the_engine_thread_and_reports_progress():
         seen.append((progress.phase, progress.tokens))
 
     async def main():
-        return await runner.generate([], GenerationParams(max_tokens=20), on_progress)
+        return await runner.generate([], {"max_tokens": 20}, on_progress)
 
     result = anyio.run(main)
     assert result.usage.completion_tokens == 20 and engine.thread_names == {"gptoss-engine_0"}
@@ -77,7 +77,7 @@ def test_requests_queue_in_order_and_a_full_queue_is_busy():
 
     async def call(name, tokens):
         try:
-            outcomes[name] = (await runner.generate([], GenerationParams(max_tokens=tokens))).usage.completion_tokens
+            outcomes[name] = (await runner.generate([], {"max_tokens": tokens})).usage.completion_tokens
         except Busy as e:
             outcomes[name] = str(e)
 
@@ -103,7 +103,7 @@ def test_cancelling_a_call_stops_its_generation_within_a_token():
 
     async def main():
         with anyio.move_on_after(0.3):
-            await runner.generate([], GenerationParams(max_tokens=10_000))
+            await runner.generate([], {"max_tokens": 10_000})
         deadline = time.monotonic() + 1
         while runner.status()["requests_in_flight"] and time.monotonic() < deadline:
             await anyio.sleep(0.01)
@@ -120,9 +120,101 @@ def test_a_failed_load_is_reported_with_its_reason():
 
     async def main():
         with pytest.raises(EngineUnavailable, match="config file not found"):
-            await runner.generate([], GenerationParams())
+            await runner.generate([], {})
 
     anyio.run(main)
     status = runner.status()
     assert status["state"] == "failed" and "config file not found" in status["error"]
+    runner.close()
+
+
+def test_a_call_reports_progress_at_once_even_when_it_ends_within_one_interval():
+    engine = FakeEngine(delay=0.001)
+    runner = EngineRunner(lambda report: engine, max_waiting=4, progress_interval=2.0)
+    seen = []
+
+    async def on_progress(progress):
+        seen.append((progress.phase, progress.ahead))
+
+    async def main():
+        await runner.wait_ready()
+        started = time.monotonic()
+        result = await runner.generate([], {"max_tokens": 3}, on_progress)
+        assert time.monotonic() - started < 1.0 and result.usage.completion_tokens == 3
+        await runner.call(lambda engine: None, "embedding 1 text(s)", on_progress)
+
+    anyio.run(main)
+    # one notification per call, sent as each was accepted (the engine may already have picked it up)
+    assert len(seen) == 2 and seen[0][0] in ("queued", "prefilling", "generating") and seen[0][1] == 0
+    assert seen[1][0] in ("queued", "running")
+    runner.close()
+
+
+def test_a_queued_call_says_how_many_requests_are_ahead():
+    engine = FakeEngine(delay=0.02)
+    runner = EngineRunner(lambda report: engine, max_waiting=4, progress_interval=5.0)
+    seen = []
+
+    async def on_progress(progress):
+        seen.append((progress.phase, progress.ahead))
+
+    async def main():
+        await runner.wait_ready()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(runner.generate, [], {"max_tokens": 10})
+            await anyio.sleep(0.05)  # the first one is running
+            await runner.generate([], {"max_tokens": 1}, on_progress)
+
+    anyio.run(main)
+    assert seen[0] == ("queued", 1)
+    runner.close()
+
+
+def test_loading_waits_for_start_loading_or_the_start_timeout():
+    loads = []
+
+    def load(report):
+        loads.append(time.monotonic())
+        return FakeEngine()
+
+    held = EngineRunner(load, max_waiting=4, start_timeout=30.0)
+    time.sleep(0.3)
+    assert loads == [] and held.status()["state"] == "loading"
+    asked = time.monotonic()
+    held.start_loading(after=0.2)
+    held.start_loading(after=0.2)  # one timer, not two
+    deadline = time.monotonic() + 5
+    while held.state == "loading" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert held.state == "ready" and len(loads) == 1 and loads[0] - asked >= 0.2
+    held.close()
+
+    timed_out = EngineRunner(load, max_waiting=4, start_timeout=0.2)
+    deadline = time.monotonic() + 5
+    while timed_out.state == "loading" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert timed_out.state == "ready" and len(loads) == 2
+    timed_out.close()
+
+
+def test_a_call_starts_a_held_load_at_once():
+    runner = EngineRunner(lambda report: FakeEngine(), max_waiting=4, start_timeout=30.0)
+
+    async def main():
+        with anyio.fail_after(5):
+            return await runner.generate([], {"max_tokens": 2})
+
+    assert anyio.run(main).usage.completion_tokens == 2
+    runner.close()
+
+
+def test_bad_generation_params_are_value_errors_from_the_engine_thread():
+    runner = _runner()
+
+    async def main():
+        with pytest.raises(ValueError, match=r"tools\[0\]\.name must be a non-empty string"):
+            await runner.generate([], {"tools": [{"description": "nameless"}]})
+
+    anyio.run(main)
+    assert runner.status()["requests_in_flight"] == 0 and runner.status()["requests_waiting"] == 0
     runner.close()
