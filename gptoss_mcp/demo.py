@@ -34,8 +34,8 @@ def demo_model_dir() -> Path:
         for stale in root.glob(_STAGING_PREFIX + "*"):
             logger.info("removing %s, left by an interrupted build of the demo model", stale)
             shutil.rmtree(stale, ignore_errors=True)
-        logger.info("building the demo model (random weights, real gpt-oss format) in %s", target)
         staging = Path(tempfile.mkdtemp(dir=root, prefix=_STAGING_PREFIX))
+        logger.info("building the demo model (random weights, real gpt-oss format) in %s", target)
         try:
             write_model(staging, preset=DEMO_PRESET, seed=DEMO_SEED, original=False)
             staging.rename(target)  # atomic: the directory appears whole or not at all

@@ -181,10 +181,11 @@ class EngineRunner:
         cancelled = threading.Event()
         with self._lock:
             self._active.add(cancelled)
-        future: Future[T] = self._executor.submit(self._run, work, cancelled)
+        future: Future[T] | None = None
         try:
-            if on_progress:  # at once: a call that ends within one interval still reports where it was
+            if on_progress:  # as the call is accepted: one that ends within an interval still reports
                 await on_progress(progress)
+            future = self._executor.submit(self._run, work, cancelled)
             last = time.monotonic()
             while not future.done():
                 await anyio.sleep(_POLL_SECONDS)
@@ -194,7 +195,7 @@ class EngineRunner:
             return future.result()
         except BaseException:
             cancelled.set()  # the caller went away (cancelled request, closed stream): stop decoding
-            if future.cancel():  # never started: it will not run, so it no longer waits either
+            if future is None or future.cancel():  # never started: it will not run, nor wait any more
                 with self._lock:
                     self.requests_waiting -= 1
             raise

@@ -4,6 +4,7 @@ stdout carries only JSON-RPC from spawn to exit."""
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -88,3 +89,52 @@ def test_stdout_carries_only_json_rpc_from_spawn_to_exit(tiny_dir, cache_dir):
     messages = [json.loads(line) for line in lines]  # every line parses
     assert all(m.get("jsonrpc") == "2.0" for m in messages)
     assert {m.get("id") for m in messages} >= {1, 2, 3, 4}
+
+
+# A bare MCP server started the same way: the floor for a first reply from this interpreter.
+BARE_SERVER = "from mcp.server import MCPServer\nMCPServer('bare').run()\n"
+INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}
+DISCOVER = {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}}}
+
+
+def _first_reply_seconds(command: list[str], env: dict[str, str], request: dict) -> float:
+    started = time.monotonic()
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               env=env)
+    try:
+        process.stdin.write((json.dumps(request) + "\n").encode())
+        process.stdin.flush()
+        reply = json.loads(process.stdout.readline())
+        elapsed = time.monotonic() - started
+        assert reply.get("id") == 1 and "result" in reply, reply
+        return elapsed
+    finally:
+        process.stdin.close()
+        process.wait(timeout=30)
+
+
+def test_the_first_reply_is_as_quick_as_a_bare_sdk_servers(tmp_path, cache_dir):
+    """The handshake is answered before torch, the engine or the tokenizer are imported: within 0.3 s
+    of a bare MCPServer spawned by the same interpreter (medians of interleaved rounds, both eras)."""
+    env = {**server_env(cache_dir), "PATH": "/usr/bin:/bin"}
+    ours = [sys.executable, *serve_args("demo")]
+    bare = [sys.executable, "-c", BARE_SERVER]
+    times = {"ours": [], "bare": []}
+    for _ in range(4):
+        for request in (INITIALIZE, DISCOVER):
+            times["bare"].append(_first_reply_seconds(bare, env, request))
+            times["ours"].append(_first_reply_seconds(ours, env, request))
+    ours_median, bare_median = statistics.median(times["ours"]), statistics.median(times["bare"])
+    assert ours_median <= bare_median + 0.3, times
+
+
+def test_the_server_modules_import_neither_torch_nor_the_engine_nor_a_tokenizer():
+    code = ("import sys, gptoss_mcp.__main__ as cli, gptoss_mcp.server, gptoss_mcp.runtime, gptoss_mcp.settings, "
+            "gptoss_mcp.http_security, gptoss_mcp.model_info, gptoss_mcp.shutdown\n"
+            "cli.build_parser()\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('torch', 'tokenizers', 'openai_harmony', 'safetensors', 'numpy', 'engine')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert json.loads(loaded.replace("'", '"')) == ["engine", "engine.config", "engine.presets"]  # torch-free
