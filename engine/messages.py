@@ -105,18 +105,7 @@ def _message_from_mapping(where: str, message: Any, call_names: Mapping[str, str
 
 
 def _call_from_mapping(where: str, call: Any) -> ToolCall:
-    if not isinstance(call, Mapping):
-        raise ValueError(f"{where} must be a mapping, got {type(call).__name__}")
-    function, field = call, where
-    if "function" in call:  # OpenAI: {"id", "type": "function", "function": {"name", "arguments"}}
-        if call.get("type", "function") != "function":
-            raise ValueError(f"{where}.type must be 'function', got {call.get('type')!r}")
-        function, field = call["function"], f"{where}.function"
-        if not isinstance(function, Mapping):
-            raise ValueError(f"{field} must be a mapping with 'name' and 'arguments', got {type(function).__name__}")
-    name = function.get("name")
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"{field}.name must be a non-empty string, got {name!r}")
+    function, field = _function(where, call, "a mapping")
     arguments = function.get("arguments")
     if arguments is None:
         arguments = "{}"
@@ -125,27 +114,35 @@ def _call_from_mapping(where: str, call: Any) -> ToolCall:
             arguments = json.dumps(arguments, ensure_ascii=False, separators=(",", ":"))
         except (TypeError, ValueError) as e:
             raise ValueError(f"{field}.arguments must be a JSON string or a JSON value: {e}") from None
-    return ToolCall(FUNCTIONS + name, arguments, _optional_str(f"{where}.id", call.get("id")))
+    return ToolCall(FUNCTIONS + function["name"], arguments, _optional_str(f"{where}.id", call.get("id")))
 
 
 def _tool_from_mapping(where: str, tool: Any) -> FunctionTool:
-    if not isinstance(tool, Mapping):
-        raise ValueError(f"{where} must be a FunctionTool or a mapping with 'name', got {type(tool).__name__}")
-    if tool.get("type", "function") != "function":
-        raise ValueError(f"{where}.type {tool.get('type')!r} is not supported: only 'function' tools")
-    function, field = tool, where  # flat, as in OpenAI's Responses API
-    if "function" in tool:  # OpenAI's chat completions: {"type": "function", "function": {...}}
-        function, field = tool["function"], f"{where}.function"
+    function, field = _function(where, tool, "a FunctionTool or a mapping with 'name'")
+    parameters = function.get("parameters")
+    if parameters is not None and not isinstance(parameters, Mapping):
+        raise ValueError(f"{field}.parameters must be a JSON Schema object, got {type(parameters).__name__}")
+    return FunctionTool(function["name"], _optional_str(f"{field}.description", function.get("description")) or "",
+                        dict(parameters) if parameters is not None else None)
+
+
+def _function(where: str, entry: Any, expected: str) -> tuple[Mapping[str, Any], str]:
+    """The function part of a tool or a tool call, with its path for errors; its name is checked.
+    Flat (`{"name", ...}`, as in OpenAI's Responses API) or OpenAI's chat-completions
+    `{"type": "function", "function": {"name", ...}}`."""
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"{where} must be {expected}, got {type(entry).__name__}")
+    if entry.get("type", "function") != "function":
+        raise ValueError(f"{where}.type {entry.get('type')!r} is not supported: only 'function'")
+    function, field = entry, where
+    if "function" in entry:
+        function, field = entry["function"], f"{where}.function"
         if not isinstance(function, Mapping):
             raise ValueError(f"{field} must be a mapping with 'name', got {type(function).__name__}")
     name = function.get("name")
     if not isinstance(name, str) or not name:
         raise ValueError(f"{field}.name must be a non-empty string, got {name!r}")
-    parameters = function.get("parameters")
-    if parameters is not None and not isinstance(parameters, Mapping):
-        raise ValueError(f"{field}.parameters must be a JSON Schema object, got {type(parameters).__name__}")
-    return FunctionTool(name, _optional_str(f"{field}.description", function.get("description")) or "",
-                        dict(parameters) if parameters is not None else None)
+    return function, field
 
 
 def _text(where: str, content: Any) -> str:

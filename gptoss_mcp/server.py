@@ -79,11 +79,12 @@ class _StartLoadingAfterFirstReply:
         self._runner, self._answered = runner, False
 
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
-        result = await call_next(ctx)
-        if not self._answered and ctx.request_id is not None:
-            self._answered = True
-            self._runner.start_loading(after=_REPLY_WRITE_SECONDS)
-        return result
+        try:
+            return await call_next(ctx)
+        finally:  # an error is a reply too
+            if not self._answered and ctx.request_id is not None:
+                self._answered = True
+                self._runner.start_loading(after=_REPLY_WRITE_SECONDS)
 
 
 def build_server(settings: ServerSettings, runner: EngineRunner, **server_options: Any) -> MCPServer:
@@ -91,9 +92,8 @@ def build_server(settings: ServerSettings, runner: EngineRunner, **server_option
     state = ServerState(reasoning_effort=settings.reasoning_effort)
     name = model_name(settings)
 
-    # No lifespan: the model is already loading on the engine thread (nothing may wait for it before
-    # the first reply), and the SSE transport would run a lifespan per connection. The caller owns
-    # the runner and closes it when the server stops.
+    # No lifespan: the model loads on the engine thread (nothing may wait for it before the first
+    # reply), and the SSE transport would run a lifespan per connection. The caller owns the runner.
     mcp = MCPServer("gptoss-mcp", version=__version__, instructions=INSTRUCTIONS,
                     middleware=[_StartLoadingAfterFirstReply(runner)], **server_options)
 

@@ -343,7 +343,7 @@ def test_generation_params_take_openai_shaped_tools(engine):
     ([{"role": "assistant", "tool_calls": [{"type": "function", "function": "ping"}]}], [],
      r"messages\[0\]\.tool_calls\[0\]\.function must be a mapping"),
     ([{"role": "assistant", "tool_calls": [{"type": "retrieval", "function": {"name": "ping"}}]}], [],
-     r"messages\[0\]\.tool_calls\[0\]\.type must be 'function'"),
+     r"messages\[0\]\.tool_calls\[0\]\.type 'retrieval' is not supported: only 'function'"),
     ([{"role": "assistant", "tool_calls": [{"name": "ping", "arguments": {"when": {1, 2}}}]}], [],
      r"messages\[0\]\.tool_calls\[0\]\.arguments must be a JSON string or a JSON value"),
     ([{"role": "assistant", "tool_calls": [{"name": "ping", "id": 7}]}], [],

@@ -130,13 +130,19 @@ def test_a_failed_load_is_reported_with_its_reason():
     runner.close()
 
 
-def test_a_call_reports_progress_at_once_even_when_it_ends_within_one_interval():
-    engine = FakeEngine(delay=0.001)
-    runner = EngineRunner(lambda report: engine, max_waiting=4, progress_interval=2.0)
+def _phases_and_ahead():
+    """(what a progress callback saw, the callback)"""
     seen = []
 
     async def on_progress(progress):
         seen.append((progress.phase, progress.ahead))
+
+    return seen, on_progress
+
+
+def test_a_call_reports_progress_at_once_even_when_it_ends_within_one_interval():
+    runner = EngineRunner(lambda report: FakeEngine(delay=0.001), max_waiting=4, progress_interval=2.0)
+    seen, on_progress = _phases_and_ahead()
 
     async def main():
         await runner.wait_ready()
@@ -151,12 +157,8 @@ def test_a_call_reports_progress_at_once_even_when_it_ends_within_one_interval()
 
 
 def test_a_queued_call_says_how_many_requests_are_ahead():
-    engine = FakeEngine(delay=0.02)
-    runner = EngineRunner(lambda report: engine, max_waiting=4, progress_interval=5.0)
-    seen = []
-
-    async def on_progress(progress):
-        seen.append((progress.phase, progress.ahead))
+    runner = EngineRunner(lambda report: FakeEngine(delay=0.02), max_waiting=4, progress_interval=5.0)
+    seen, on_progress = _phases_and_ahead()
 
     async def main():
         await runner.wait_ready()
