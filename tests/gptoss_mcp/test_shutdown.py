@@ -80,12 +80,9 @@ class RawStdioServer:
         return elapsed
 
 
-def _generate_works(model, cache_dir: Path, env_extra: dict[str, str] | None = None) -> None:
-    params = stdio_params(model, cache_dir)
-    params.env.update(env_extra or {})
-
+def _generate_works(model, cache_dir: Path) -> None:
     async def main():
-        async with Client(params) as client:
+        async with Client(stdio_params(model, cache_dir)) as client:
             result = await client.call_tool("generate", {"prompt": "hi", "max_tokens": 2})
             assert not result.is_error and result.structured_content["usage"]["completion_tokens"] == 2
 
@@ -123,6 +120,7 @@ def test_exit_while_decoding(tiny_dir, tmp_path, how):
         until=lambda m: m.get("method") == "notifications/progress" and m["params"]["progress"] >= 5)
     assert decoding.get("method") == "notifications/progress", decoding  # not the finished result
     assert server.stop(how) <= EXIT_SECONDS
+    _generate_works(tiny_dir, tmp_path / "cache")
 
 
 def test_sigterm_ends_an_http_server_with_a_generation_streaming(tiny_dir, cache_dir):
