@@ -62,11 +62,13 @@ class Engine:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", dtype: str = "bfloat16", *,
-             max_context: int | None = None, prefill_chunk: int = 512, embed_batch_tokens: int = 4096) -> Engine:
+             max_context: int | None = None, prefill_chunk: int = 512, embed_batch_tokens: int = 4096,
+             on_step: Callable[[str], None] | None = None) -> Engine:
         """Loads a Hugging Face-layout model directory or its `original/` subdirectory.
 
         Dense weights are memory-mapped (and only copied when the compute dtype or device differs
-        from the file); MXFP4 expert weights stay packed.
+        from the file); MXFP4 expert weights stay packed. `on_step` is told each step as it begins:
+        "ops" (loads the C++ ops, compiled on a machine's first start) and "weights".
 
         Raises:
             ConfigError, CheckpointError: the message names the file and field or tensor.
@@ -78,7 +80,10 @@ class Engine:
         if not path.is_dir():
             raise CheckpointError(f"{path}: model directory not found")
         started = time.perf_counter()
+        on_step = on_step or (lambda step: None)
+        on_step("ops")
         ops.select_backend()
+        on_step("weights")
         torch_device = _resolve_device(device)
         config = ModelConfig.from_file(path / "config.json")
         checkpoint = SafetensorsCheckpoint(path)

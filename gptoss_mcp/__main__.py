@@ -113,6 +113,7 @@ _LOAD_START_TIMEOUT = 1.0
 
 
 def _load_engine(settings, report):
+    report(0.02, "importing torch")
     from gptoss_mcp.loader import load_engine  # imports torch and the engine: on the engine thread only
 
     return load_engine(settings, report)

@@ -12,13 +12,19 @@ from gptoss_mcp.demo import demo_model_dir
 from gptoss_mcp.settings import ServerSettings
 
 
-def load_engine(settings: ServerSettings, report: Callable[[float], None]) -> Engine:
+# Engine.load's steps: the share of the load done when each begins, and what a host is told.
+_ENGINE_STEPS = {"ops": (0.2, "loading the C++ ops (compiled on the first start: about a minute)"),
+                 "weights": (0.5, "mapping the weights")}
+
+
+def load_engine(settings: ServerSettings, report: Callable[[float, str], None]) -> Engine:
     if settings.threads:
         torch.set_num_threads(settings.threads)
+    if settings.is_demo:
+        report(0.1, "preparing the demo model (built on the first start: a few seconds)")
     path = demo_model_dir() if settings.is_demo else Path(settings.model).expanduser()
-    report(0.2)
     engine = Engine.load(path, device=settings.device, dtype="bfloat16" if settings.dtype == "auto" else settings.dtype,
-                         max_context=settings.max_context)
-    report(0.7)
+                         max_context=settings.max_context, on_step=lambda step: report(*_ENGINE_STEPS[step]))
+    report(0.7, "loading the tokenizer")
     engine.harmony  # noqa: B018 - tokenizer and chat format now, not in the first request
     return engine

@@ -48,6 +48,7 @@ class Progress:
 
     phase: Literal["loading", "queued", "running", "prefilling", "generating"]
     load_progress: float = 0.0
+    load_step: str = ""        # what loading does now, e.g. "importing torch"
     ahead: int = 0             # requests in front of this one
     task: str = ""             # what a "running" call does, e.g. "embedding 3 texts"
     prompt_tokens: int = 0
@@ -59,11 +60,12 @@ ProgressCallback = Callable[[Progress], Awaitable[None]]
 
 
 class EngineRunner:
-    def __init__(self, load: Callable[[Callable[[float], None]], Engine], max_waiting: int,
+    def __init__(self, load: Callable[[Callable[[float, str], None]], Engine], max_waiting: int,
                  progress_interval: float = 1.0, start_timeout: float = 0.0):
         """
         Args:
-            load: builds the Engine on the engine thread; gets a callback for load progress 0..1.
+            load: builds the Engine on the engine thread; gets a callback for load progress (0..1, and
+                what it is doing).
             max_waiting: requests allowed to queue behind the running one before "busy".
             progress_interval: seconds between progress notifications of one call.
             start_timeout: seconds the engine thread waits for `start_loading()` before it loads anyway.
@@ -72,7 +74,7 @@ class EngineRunner:
         self.max_waiting, self.progress_interval = max_waiting, progress_interval
         self.state: State = "loading"
         self.error: str | None = None
-        self.load_progress = 0.0
+        self.load_progress, self.load_step = 0.0, ""
         self.engine: Engine | None = None
         self._lock = threading.Lock()
         self.requests_waiting = 0
@@ -98,7 +100,7 @@ class EngineRunner:
                 self._load_timer.daemon = True
                 self._load_timer.start()
 
-    def _load(self, load: Callable[[Callable[[float], None]], Engine], start_timeout: float) -> None:
+    def _load(self, load: Callable[[Callable[[float, str], None]], Engine], start_timeout: float) -> None:
         self._may_load.wait(start_timeout)
         try:
             self.engine = load(self._set_load_progress)
@@ -107,11 +109,11 @@ class EngineRunner:
             self.error = f"{type(e).__name__}: {e}"
             self.state = "failed"
             return
-        self.load_progress = 1.0
+        self.load_progress, self.load_step = 1.0, ""
         self.state = "ready"
 
-    def _set_load_progress(self, fraction: float) -> None:
-        self.load_progress = max(self.load_progress, min(fraction, 1.0))
+    def _set_load_progress(self, fraction: float, step: str = "") -> None:
+        self.load_progress, self.load_step = max(self.load_progress, min(fraction, 1.0)), step
 
     def close(self) -> None:
         """Stops running work at its next token and drops queued work."""
@@ -131,7 +133,7 @@ class EngineRunner:
         while self.state == "loading":
             if on_progress and time.monotonic() - last >= self.progress_interval:
                 last = time.monotonic()
-                await on_progress(Progress("loading", load_progress=self.load_progress))
+                await on_progress(Progress("loading", load_progress=self.load_progress, load_step=self.load_step))
             await anyio.sleep(_POLL_SECONDS)
         if self.state == "failed":
             raise EngineUnavailable(f"the model failed to load: {self.error}")
@@ -233,6 +235,7 @@ class EngineRunner:
         return {
             "state": self.state,
             "load_progress": round(self.load_progress, 3),
+            "load_step": self.load_step,
             "error": self.error,
             "requests_in_flight": self.requests_in_flight,
             "requests_waiting": self.requests_waiting,

@@ -62,7 +62,8 @@ class _ProgressReporter:
 
 def progress_message(progress: Progress) -> str:
     if progress.phase == "loading":
-        return f"loading the model ({progress.load_progress:.0%})"
+        step = f": {progress.load_step}" if progress.load_step else ""
+        return f"loading the model ({progress.load_progress:.0%}){step}"
     if progress.phase == "queued":
         return f"queued behind {progress.ahead} request(s)" if progress.ahead else "queued, next to run"
     if progress.phase == "running":

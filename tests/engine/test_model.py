@@ -92,3 +92,9 @@ def test_bfloat16_no_worse_than_reference_bfloat16(name, model_dirs, engines, re
     theirs = _errors(reference.logits(model_dirs[name], seed=11, dtype=torch.bfloat16), ref64)
     for metric, value in ours.items():
         assert value <= theirs[metric], (metric, ours, theirs)
+
+
+def test_load_tells_each_step_as_it_begins(tiny_dir):
+    steps = []
+    Engine.load(tiny_dir, dtype="float32", on_step=steps.append)
+    assert steps == ["ops", "weights"]

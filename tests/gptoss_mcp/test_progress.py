@@ -72,6 +72,8 @@ def test_progress_messages_say_where_a_call_is():
     from gptoss_mcp.server import progress_message
 
     assert progress_message(Progress("loading", load_progress=0.42)) == "loading the model (42%)"
+    assert progress_message(Progress("loading", load_progress=0.02, load_step="importing torch")) == \
+        "loading the model (2%): importing torch"
     assert progress_message(Progress("queued")) == "queued, next to run"
     assert progress_message(Progress("queued", ahead=2)) == "queued behind 2 request(s)"
     assert progress_message(Progress("running", task="embedding 3 text(s)")) == "embedding 3 text(s)"
