@@ -92,18 +92,27 @@ class AttentionBlock(nn.Module):
         self.o_proj = Linear(config.q_width, D, dtype)
         _buffer(self, "sinks", self.heads)
 
-    def forward(self, h: torch.Tensor, positions: torch.Tensor, cache, rope: RotaryEmbedding) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, positions: torch.Tensor, caches: list, lengths: list[int],
+                rope: RotaryEmbedding) -> torch.Tensor:
+        """h [B, T, D]: the new tokens of len(caches) sequences back to back (lengths, summing to T;
+        several sequences come with B == 1), positions [T] each token's own; one layer cache each."""
         B, T, _ = h.shape
         q = self.q_proj(h).view(B, T, self.heads, self.head_dim)
         k = self.k_proj(h).view(B, T, self.kv_heads, self.head_dim)
         v = self.v_proj(h).view(B, T, self.kv_heads, self.head_dim)
-        ops.rope_(q, k, rope.cos_sin(int(positions[-1]) + 1), positions)
+        ops.rope_(q, k, rope.cos_sin(int(positions.max()) + 1), positions)
         # The cache holds the compute dtype; the current token's key goes through it too, so that
         # prefill and step-by-step decoding see identical numbers.
-        dtype = cache.k.dtype
-        keys, values, key_pos = cache.append(k.transpose(1, 2).to(dtype), v.transpose(1, 2).to(dtype),
-                                             positions)  # [B, K, S, Dh]
-        o = ops.sdpa_sinks(q, keys, values, self.sinks, self.sm_scale, self.window, positions, key_pos)
+        outputs, start = [], 0
+        for cache, length in zip(caches, lengths):
+            end, dtype = start + length, cache.k.dtype
+            keys, values, key_pos = cache.append(k[:, start:end].transpose(1, 2).to(dtype),
+                                                 v[:, start:end].transpose(1, 2).to(dtype),
+                                                 positions[start:end])  # [B, K, S, Dh]
+            outputs.append(ops.sdpa_sinks(q[:, start:end], keys, values, self.sinks, self.sm_scale, self.window,
+                                          positions[start:end], key_pos))
+            start = end
+        o = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)  # [B, T, H, Dh]
         return self.o_proj(o.reshape(B, T, self.heads * self.head_dim))
 
 
@@ -154,8 +163,9 @@ class TransformerBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MoEBlock(config, dtype)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache, rope: RotaryEmbedding) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), positions, cache, rope)
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, caches: list, lengths: list[int],
+                rope: RotaryEmbedding) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), positions, caches, lengths, rope)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -183,11 +193,22 @@ class Transformer(nn.Module):
 
     def forward(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Runs ids [B, T] after the cached context; returns final-normed hidden states [B, T, D] float32."""
-        positions = cache.reserve(ids.shape[1])
+        return self._run(ids, [cache], [ids.shape[1]], cache.reserve(ids.shape[1]))
+
+    def forward_sequences(self, ids: list[torch.Tensor], caches: list[KVCache]) -> torch.Tensor:
+        """Runs several sequences' new tokens (ids[i] [T_i] after caches[i], each of batch 1) in one
+        pass: every weight is read once for all of them. Returns hidden states [sum T_i, D] float32,
+        the sequences' rows back to back."""
+        lengths = [len(t) for t in ids]
+        positions = torch.cat([cache.reserve(n) for cache, n in zip(caches, lengths)])  # [N]
+        return self._run(torch.cat(ids).unsqueeze(0), caches, lengths, positions)[0]
+
+    def _run(self, ids: torch.Tensor, caches: list[KVCache], lengths: list[int], positions: torch.Tensor):
         x = self.embed_tokens(ids)
-        for layer, layer_cache in zip(self.layers, cache.layers):
-            x = layer(x, positions, layer_cache, self.rope)
-        cache.advance(ids.shape[1])
+        for i, layer in enumerate(self.layers):
+            x = layer(x, positions, [cache.layers[i] for cache in caches], lengths, self.rope)
+        for cache, n in zip(caches, lengths):
+            cache.advance(n)
         return self.norm(x)
 
     def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
