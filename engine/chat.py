@@ -74,14 +74,44 @@ class GenerationResult:
     completion_ids: list[int] = field(repr=False, default_factory=list)
 
 
+class Completion:
+    """Follows one reply token by token: channels through the harmony parser, stop strings held back,
+    and whether the reply has ended (`ended`). Push-based, so that one scheduler step can feed the
+    replies of many requests."""
+
+    def __init__(self, parser: CompletionParser, params: GenerationParams, prompt_tokens: int):
+        self._parser, self._stops, self.prompt_tokens = parser, _StopStrings(params.stop), prompt_tokens
+        self.tokens: list[int] = []
+        self.ended = False
+
+    def push(self, token: int) -> GenerationStep:
+        self.tokens.append(token)
+        text = self._parser.push(token)
+        channel = self._parser.delta_channel  # of the message this token belongs to or ends
+        ended = token in STOP_TOKENS or (token == END and channel == "final")
+        if channel == "final":
+            text, hit = self._stops.feed(text)
+            if ended:
+                text += self._stops.flush()
+            ended = ended or hit
+        self.ended = ended
+        return GenerationStep(token, text, channel)
+
+    def result(self, finish: FinishReason) -> GenerationResult:
+        parsed = self._parser.result()
+        return GenerationResult(
+            text=self._stops.cut(parsed.final), reasoning=parsed.analysis, tool_calls=parsed.tool_calls,
+            finish_reason=finish, usage=Usage(self.prompt_tokens, len(self.tokens)), completion_ids=self.tokens)
+
+
 class Generation:
     """An iterator of GenerationStep; `result` is set once it is exhausted (or `run()` is called).
     `prompt_tokens` is the rendered prompt's length, known before the first step."""
 
     def __init__(self, tokens: Iterator[int], parser: CompletionParser, params: GenerationParams,
-                 prompt_tokens: int, max_new_tokens: int, should_cancel: Callable[[], bool] | None = None):
-        self._tokens, self._parser, self._params = tokens, parser, params
-        self.prompt_tokens, self._max_new_tokens = prompt_tokens, max_new_tokens
+                 prompt_tokens: int, should_cancel: Callable[[], bool] | None = None):
+        self._tokens, self._completion = tokens, Completion(parser, params, prompt_tokens)
+        self.prompt_tokens = prompt_tokens
         self._should_cancel = should_cancel or (lambda: False)
         self._steps = self._run()
         self.result: GenerationResult | None = None
@@ -98,8 +128,6 @@ class Generation:
         return self.result
 
     def _run(self) -> Iterator[GenerationStep]:
-        completion: list[int] = []
-        stops = _StopStrings(self._params.stop)
         finish: FinishReason = "length"
         try:
             while True:
@@ -109,25 +137,13 @@ class Generation:
                 token = next(self._tokens, None)
                 if token is None:  # max_tokens or the context limit
                     break
-                completion.append(token)
-                text = self._parser.push(token)
-                channel = self._parser.delta_channel  # of the message this token belongs to or ends
-                ended = token in STOP_TOKENS or (token == END and channel == "final")
-                if channel == "final":
-                    text, hit = stops.feed(text)
-                    if ended:
-                        text += stops.flush()
-                    ended = ended or hit
-                yield GenerationStep(token, text, channel)
-                if ended:
+                yield self._completion.push(token)
+                if self._completion.ended:
                     finish = "stop"
                     break
         finally:
             self._tokens.close()  # frees the KV cache
-        parsed = self._parser.result()
-        self.result = GenerationResult(
-            text=stops.cut(parsed.final), reasoning=parsed.analysis, tool_calls=parsed.tool_calls,
-            finish_reason=finish, usage=Usage(self.prompt_tokens, len(completion)), completion_ids=completion)
+        self.result = self._completion.result(finish)
 
 
 class _StopStrings:

@@ -160,6 +160,21 @@ class Engine:
         """The harmony prompt ids for the assistant's next turn (ends with `<|start|>assistant`)."""
         return self.harmony.render(messages, reasoning_effort, instructions, tools, current_date)
 
+    def prompt_for(self, messages: Iterable[ChatMessage | Mapping[str, Any]],
+                   params: GenerationParams) -> tuple[list[int], int]:
+        """The prompt ids for a reply with these params, and the most tokens that reply may have.
+
+        Raises:
+            ContextLimitError: the prompt leaves no room for a reply (message gives both numbers).
+            ValueError: bad messages.
+        """
+        prompt = self.render(messages, params.reasoning_effort, params.instructions, params.tools,
+                             params.current_date)
+        if len(prompt) >= self.max_context:
+            raise ContextLimitError(f"the prompt has {len(prompt)} tokens but the context limit is "
+                                    f"{self.max_context} (and the reply needs at least one more)")
+        return prompt, min(params.max_tokens, self.max_context - len(prompt))
+
     def generate(self, messages: Iterable[ChatMessage | Mapping[str, Any]], params: GenerationParams | None = None,
                  should_cancel: Callable[[], bool] | None = None) -> Generation:
         """Streams the assistant's reply as GenerationStep items; `.result` holds the GenerationResult.
@@ -172,12 +187,7 @@ class Engine:
             ValueError: bad messages or params.
         """
         params = params or GenerationParams()
-        prompt = self.render(messages, params.reasoning_effort, params.instructions, params.tools,
-                             params.current_date)
-        if len(prompt) >= self.max_context:
-            raise ContextLimitError(f"the prompt has {len(prompt)} tokens but the context limit is "
-                                    f"{self.max_context} (and the reply needs at least one more)")
-        max_new = min(params.max_tokens, self.max_context - len(prompt))
+        prompt, max_new = self.prompt_for(messages, params)
         cache = self.new_cache()
 
         @torch.inference_mode()
@@ -185,7 +195,7 @@ class Engine:
             return self.model.unembed(self.forward(ids, cache)[0, -1])
 
         tokens = sample_tokens(step, prompt, Sampler(params.temperature, params.top_p, params.seed), max_new)
-        return Generation(tokens, self.harmony.parser(), params, len(prompt), max_new, should_cancel)
+        return Generation(tokens, self.harmony.parser(), params, len(prompt), should_cancel)
 
     def embed(self, texts: list[str], normalize: bool = True) -> torch.Tensor:
         """float32 [len(texts), hidden_size]: mean of final-normed hidden states over each text's tokens.

@@ -30,7 +30,7 @@ def _scripted(engine: Engine, tokens: list[int], params: GenerationParams | None
             consumed.append(token)
             yield token
 
-    generation = Generation(source(), engine.harmony.parser(), params or GenerationParams(), 10, len(tokens), **kwargs)
+    generation = Generation(source(), engine.harmony.parser(), params or GenerationParams(), 10, **kwargs)
     generation.consumed = consumed
     return generation
 

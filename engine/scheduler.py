@@ -1,0 +1,176 @@
+"""Scheduler: continuous batching of generation requests on the engine's thread.
+
+One `step()` is one forward pass over the next token of every decoding sequence plus, within the
+per-step token budget, the next chunk of the prompts still being prefilled: every weight is read
+once for all of them (Transformer.forward_sequences). Up to `max_batch` sequences run; more wait
+in arrival order. Requests join and leave between steps; sampling, seeds, stop handling and
+cancellation stay per request. Thread-confined like the Engine: one thread submits and steps.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+
+from engine.chat import Completion, FinishReason, GenerationParams, GenerationResult, GenerationStep
+from engine.kv_cache import KVCache
+from engine.messages import ChatMessage
+from engine.sampling import Sampler
+
+logger = logging.getLogger(__name__)
+
+
+class Request:
+    """One generation. `on_step` gets each GenerationStep as it is made, on the stepping thread;
+    `should_cancel` is polled before every step. Once `done`, `result` (or `error`) is set."""
+
+    def __init__(self, messages: Iterable[ChatMessage | Mapping[str, Any]], params: GenerationParams,
+                 on_step: Callable[[GenerationStep], None] | None = None,
+                 should_cancel: Callable[[], bool] | None = None):
+        self.messages, self.params = list(messages), params
+        self.on_step = on_step or (lambda step: None)
+        self.should_cancel = should_cancel or (lambda: False)
+        self.prompt_tokens = 0
+        self.result: GenerationResult | None = None
+        self.error: Exception | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None or self.error is not None
+
+
+class _Sequence:
+    def __init__(self, request: Request, prompt: list[int], max_new_tokens: int, completion: Completion):
+        self.request, self.completion, self.max_new_tokens = request, completion, max_new_tokens
+        self.pending = prompt      # tokens not yet run through the model: the prompt, then the last sample
+        self.sampler = Sampler(request.params.temperature, request.params.top_p, request.params.seed)
+        self.cache: KVCache | None = None  # made when the sequence joins the batch
+
+    @property
+    def decoding(self) -> bool:
+        return bool(self.completion.tokens)
+
+
+class Scheduler:
+    def __init__(self, engine, max_batch: int = 8, step_tokens: int | None = None):
+        """
+        Args:
+            engine: the Engine whose model runs the steps.
+            max_batch: sequences that run together; more wait.
+            step_tokens: tokens per forward pass (decode tokens first, the rest for prefill chunks);
+                default the engine's prefill chunk.
+        """
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        self.engine, self.max_batch = engine, max_batch
+        self.step_tokens = step_tokens or engine.options.prefill_chunk
+        self._waiting: collections.deque[_Sequence] = collections.deque()
+        self._running: list[_Sequence] = []
+
+    @property
+    def active(self) -> int:
+        return len(self._running)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def idle(self) -> bool:
+        return not self._running and not self._waiting
+
+    def kv_bytes(self) -> int:
+        return sum(seq.cache.nbytes() for seq in self._running if seq.cache is not None)
+
+    def submit(self, request: Request) -> None:
+        """Queues a request; it joins the batch at a coming step.
+
+        Raises:
+            ContextLimitError: the prompt leaves no room for a reply.
+            ValueError: bad messages.
+        """
+        prompt, max_new = self.engine.prompt_for(request.messages, request.params)
+        request.prompt_tokens = len(prompt)
+        self._waiting.append(_Sequence(request, prompt, max_new,
+                                       Completion(self.engine.harmony.parser(), request.params, len(prompt))))
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        """One forward pass for the running sequences (after admitting waiting ones); finished
+        requests get their result and leave."""
+        for seq in [s for s in self._running + list(self._waiting) if s.request.should_cancel()]:
+            self._finish(seq, "cancelled")
+        while self._waiting and len(self._running) < self.max_batch:
+            seq = self._waiting.popleft()
+            seq.cache = self.engine.new_cache()
+            self._running.append(seq)
+        batch = self._plan()
+        if not batch:
+            return
+        try:
+            hidden = self.engine.model.forward_sequences([torch.tensor(seq.pending[:n]) for seq, n in batch],
+                                                         [seq.cache for seq, _ in batch])
+        except Exception as e:  # the pass failed for all of them; the scheduler goes on with others
+            logger.exception("a forward pass of %d sequence(s) failed", len(batch))
+            for seq, _ in batch:
+                self._fail(seq, e)
+            return
+        ends, sampling, row = [], [], -1
+        for seq, n in batch:
+            seq.pending = seq.pending[n:]
+            row += n
+            if not seq.pending:  # its prompt is all in: the last row's logits give the next token
+                ends.append(row)
+                sampling.append(seq)
+        for seq, logits in zip(sampling, self.engine.model.unembed(hidden[ends])):
+            self._advance(seq, logits)
+
+    def _plan(self) -> list[tuple[_Sequence, int]]:
+        """(sequence, tokens it runs this step): one for each decoding sequence, then prefill chunks
+        in arrival order within what remains of the step's budget (at least one token)."""
+        decoding = sum(seq.decoding for seq in self._running)
+        budget = max(self.step_tokens - decoding, 1)
+        batch = []
+        for seq in self._running:
+            if seq.decoding:
+                batch.append((seq, 1))
+            elif budget > 0:
+                n = min(len(seq.pending), budget)
+                budget -= n
+                batch.append((seq, n))
+        return batch
+
+    def _advance(self, seq: _Sequence, logits: torch.Tensor) -> None:
+        try:
+            token = seq.sampler(logits)
+            step = seq.completion.push(token)
+            seq.request.on_step(step)
+        except Exception as e:  # this request's own failure (its callback, say): the others go on
+            logger.exception("a request failed while decoding")
+            self._fail(seq, e)
+            return
+        if seq.completion.ended:
+            self._finish(seq, "stop")
+        elif len(seq.completion.tokens) >= seq.max_new_tokens:
+            self._finish(seq, "length")
+        else:
+            seq.pending = [token]
+
+    def _finish(self, seq: _Sequence, reason: FinishReason) -> None:
+        seq.request.result = seq.completion.result(reason)
+        self._remove(seq)
+
+    def _fail(self, seq: _Sequence, error: Exception) -> None:
+        seq.request.error = error
+        self._remove(seq)
+
+    def _remove(self, seq: _Sequence) -> None:
+        if seq in self._running:
+            self._running.remove(seq)
+        else:
+            self._waiting.remove(seq)
+        seq.cache = None  # its KV memory goes with it
