@@ -26,7 +26,8 @@ logger = logging.getLogger(__name__)
 
 class Request:
     """One generation. `on_step` gets each GenerationStep as it is made, on the stepping thread;
-    `should_cancel` is polled before every step. Once `done`, `result` (or `error`) is set."""
+    `should_cancel` is polled before every step. `running` turns true when it joins the batch (its
+    prompt is being prefilled); once `done`, `result` (or `error`) is set."""
 
     def __init__(self, messages: Iterable[ChatMessage | Mapping[str, Any]], params: GenerationParams,
                  on_step: Callable[[GenerationStep], None] | None = None,
@@ -35,6 +36,7 @@ class Request:
         self.on_step = on_step or (lambda step: None)
         self.should_cancel = should_cancel or (lambda: False)
         self.prompt_tokens = 0
+        self.running = False
         self.result: GenerationResult | None = None
         self.error: Exception | None = None
 
@@ -84,7 +86,8 @@ class Scheduler:
         return not self._running and not self._waiting
 
     def kv_bytes(self) -> int:
-        return sum(seq.cache.nbytes() for seq in self._running if seq.cache is not None)
+        # may be called from another thread while a step changes the batch: read each cache once
+        return sum(cache.nbytes() for seq in list(self._running) if (cache := seq.cache) is not None)
 
     def submit(self, request: Request) -> None:
         """Queues a request; it joins the batch at a coming step.
@@ -107,6 +110,7 @@ class Scheduler:
         while self._waiting and len(self._running) < self.max_batch:
             seq = self._waiting.popleft()
             seq.cache = self.engine.new_cache()
+            seq.request.running = True
             self._running.append(seq)
         batch = self._plan()
         if not batch:

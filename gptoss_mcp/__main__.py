@@ -83,7 +83,7 @@ def _serve(args: argparse.Namespace) -> int:
             model=args.model or ServerSettings.model_from_env(), transport=args.transport, host=args.host,
             port=args.port, device=args.device, dtype=args.dtype, threads=args.threads,
             reasoning_effort=args.reasoning_effort, max_context=args.max_context,
-            max_tokens_limit=args.max_tokens_limit, max_waiting=args.max_waiting,
+            max_tokens_limit=args.max_tokens_limit, max_batch=args.max_batch, max_waiting=args.max_waiting,
             progress_interval=args.progress_interval,
             auth_token_file=args.auth_token_file, allow_origins=tuple(args.allow_origin),
             allow_hosts=tuple(args.allow_host))
@@ -93,7 +93,7 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_BAD_ARGUMENTS
     end_on_signals()
     runner = EngineRunner(functools.partial(_load_engine, settings), settings.max_waiting,
-                          settings.progress_interval, start_timeout=_LOAD_START_TIMEOUT)
+                          settings.progress_interval, start_timeout=_LOAD_START_TIMEOUT, max_batch=settings.max_batch)
     mcp = build_server(settings, runner, **server_options)
     log.info("serving %s over %s", settings.model, settings.transport)
     code = 0
@@ -159,7 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--reasoning-effort", default="medium", choices=["low", "medium", "high"])
     serve.add_argument("--max-context", type=_positive_int, default=8192, help="tokens per request, prompt + reply")
     serve.add_argument("--max-tokens-limit", type=_positive_int, default=4096, help="largest max_tokens allowed")
-    serve.add_argument("--max-waiting", type=int, default=8, help="queued requests before 'busy'")
+    serve.add_argument("--max-batch", type=_positive_int, default=8, help="generations decoded together")
+    serve.add_argument("--max-waiting", type=int, default=8,
+                       help="requests waiting beyond the batch before 'busy'")
     serve.add_argument("--progress-interval", type=float, default=1.0,
                        help="seconds between progress notifications (at most 2)")
     serve.add_argument("--auth-token-file", type=Path, default=None, help="require this bearer token (HTTP)")

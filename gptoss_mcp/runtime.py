@@ -1,31 +1,34 @@
-"""EngineRunner: one dedicated thread owns the Engine; async callers queue work onto it.
+"""EngineRunner: one dedicated thread owns the Engine and its Scheduler; async callers hand it work.
 
 The model loads on that thread in the background, and torch, the engine and the tokenizer are
 imported there, never by the server's own modules, so the server answers its first message at once.
 The thread may be held back until that reply is out (`start_loading`): importing torch holds the GIL
 for a few tenths of a second at a time.
 
-Requests run one at a time in arrival order (a queue, not batching); the number waiting is bounded
-and a full queue answers "busy" at once. A waiting or running request is cancelled through a
-threading.Event that generation polls before every token, so a cancelled call stops within one
-token step and frees the engine for the next one.
+Generations are decoded together (engine.scheduler: continuous batching, up to `max_batch` at a
+time); other work (embeddings) runs on the same thread between two steps. Requests beyond the batch
+wait, at most `max_waiting` of them; more are answered "busy" at once. A request is cancelled
+through a threading.Event that the scheduler polls before every step, so a cancelled call leaves
+the batch within one step and the others go on.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import queue
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 
 if TYPE_CHECKING:
     from engine import Engine, GenerationResult
+    from engine.scheduler import Request, Scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ class Progress:
     phase: Literal["loading", "queued", "running", "prefilling", "generating"]
     load_progress: float = 0.0
     load_step: str = ""        # what loading does now, e.g. "importing torch"
-    ahead: int = 0             # requests in front of this one
+    ahead: int = 0             # requests that must leave the batch before this one joins it
     task: str = ""             # what a "running" call does, e.g. "embedding 3 texts"
     prompt_tokens: int = 0
     tokens: int = 0
@@ -59,33 +62,52 @@ class Progress:
 ProgressCallback = Callable[[Progress], Awaitable[None]]
 
 
+@dataclass
+class _Work:
+    """One accepted call, handed to the engine thread: a generation (messages and GenerationParams
+    fields, made into a scheduler Request there) or other work (`run`)."""
+
+    progress: Progress
+    messages: list[dict[str, Any]] | None = None
+    params: dict[str, Any] | None = None
+    run: Callable[[Engine], Any] | None = None
+    request: Request | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    future: Future = field(default_factory=Future)
+
+
 class EngineRunner:
     def __init__(self, load: Callable[[Callable[[float, str], None]], Engine], max_waiting: int,
-                 progress_interval: float = 1.0, start_timeout: float = 0.0):
+                 progress_interval: float = 1.0, start_timeout: float = 0.0, max_batch: int = 8):
         """
         Args:
             load: builds the Engine on the engine thread; gets a callback for load progress (0..1, and
                 what it is doing).
-            max_waiting: requests allowed to queue behind the running one before "busy".
+            max_waiting: requests allowed to wait beyond the running batch before "busy".
             progress_interval: seconds between progress notifications of one call.
             start_timeout: seconds the engine thread waits for `start_loading()` before it loads anyway.
+            max_batch: generations decoded together.
         """
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gptoss-engine")
-        self.max_waiting, self.progress_interval = max_waiting, progress_interval
+        self.max_waiting, self.progress_interval, self.max_batch = max_waiting, progress_interval, max_batch
         self.state: State = "loading"
         self.error: str | None = None
         self.load_progress, self.load_step = 0.0, ""
         self.engine: Engine | None = None
+        self._scheduler: Scheduler | None = None
         self._lock = threading.Lock()
-        self.requests_waiting = 0
-        self.requests_in_flight = 0
+        self._inbox: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()  # None wakes the thread to stop
+        self._accepted = 0         # calls handed over and not finished
+        self._calls_running = 0    # non-generation work running now
         self.requests_total = 0
         self.tokens_generated_total = 0
-        self._active: set[threading.Event] = set()  # cancel flags of submitted work
+        self._active: set[threading.Event] = set()  # cancel flags of accepted work
         self._recent: collections.deque[tuple[float, int]] = collections.deque(maxlen=256)  # (time, tokens)
         self._may_load = threading.Event()
         self._load_timer: threading.Timer | None = None
-        self._load_future = self._executor.submit(self._load, load, start_timeout)
+        self._closed = False
+        self._thread = threading.Thread(target=self._main, args=(load, start_timeout), name="gptoss-engine",
+                                        daemon=True)
+        self._thread.start()
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -100,27 +122,33 @@ class EngineRunner:
                 self._load_timer.daemon = True
                 self._load_timer.start()
 
-    def _load(self, load: Callable[[Callable[[float, str], None]], Engine], start_timeout: float) -> None:
+    def _main(self, load: Callable[[Callable[[float, str], None]], Engine], start_timeout: float) -> None:
         self._may_load.wait(start_timeout)
         try:
-            self.engine = load(self._set_load_progress)
+            engine = load(self._set_load_progress)
+            from engine.scheduler import Scheduler  # imported by the load, on this thread
+
+            self._scheduler = Scheduler(engine, max_batch=self.max_batch)
         except Exception as e:  # any failure is reported through status and tool errors, never fatal
             logger.error("model failed to load: %s", e, exc_info=not isinstance(e, ValueError))
             self.error = f"{type(e).__name__}: {e}"
             self.state = "failed"
             return
+        self.engine = engine
         self.load_progress, self.load_step = 1.0, ""
         self.state = "ready"
+        self._serve()
 
     def _set_load_progress(self, fraction: float, step: str = "") -> None:
         self.load_progress, self.load_step = max(self.load_progress, min(fraction, 1.0)), step
 
     def close(self) -> None:
-        """Stops running work at its next token and drops queued work."""
+        """Cancels accepted work and stops the engine thread after its current step."""
         with self._lock:
+            self._closed = True
             for cancelled in self._active:
                 cancelled.set()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._inbox.put(None)
 
     async def wait_ready(self, on_progress: ProgressCallback | None = None) -> Engine:
         """Waits for the model, reporting load progress.
@@ -143,84 +171,125 @@ class EngineRunner:
 
     async def generate(self, messages: list[dict[str, Any]], params: dict[str, Any],
                        on_progress: ProgressCallback | None = None) -> GenerationResult:
-        """Generates on the engine thread; `params` are GenerationParams' fields (a bad one is a ValueError)."""
-        progress = Progress("queued")
-
-        def work(engine: Engine, cancelled: threading.Event) -> GenerationResult:
-            from engine import GenerationParams  # imported by the load, on this thread
-
-            generation = engine.generate(messages, GenerationParams(**params), should_cancel=cancelled.is_set)
-            progress.prompt_tokens, progress.phase = generation.prompt_tokens, "prefilling"
-            for step in generation:
-                progress.phase = "generating"
-                progress.tokens += 1
-                progress.text += step.text
-                self._count_token()
-            return generation.result
-
-        return await self._submit(work, progress, on_progress)
+        """Generates in the engine's batch; `params` are GenerationParams' fields (a bad one is a ValueError)."""
+        return await self._submit(_Work(Progress("queued"), messages=messages, params=params), on_progress)
 
     async def call(self, work: Callable[[Engine], T], task: str, on_progress: ProgressCallback | None = None) -> T:
-        """Runs `work(engine)` on the engine thread, queued like a generation; `task` says what it does."""
-        progress = Progress("queued", task=task)
+        """Runs `work(engine)` on the engine thread between two steps; `task` says what it does."""
+        return await self._submit(_Work(Progress("queued", task=task), run=work), on_progress)
 
-        def run(engine: Engine, _cancelled: threading.Event) -> T:
-            progress.phase = "running"
-            return work(engine)
-
-        return await self._submit(run, progress, on_progress)
-
-    async def _submit(self, work: Callable[[Engine, threading.Event], T], progress: Progress,
-                      on_progress: ProgressCallback | None) -> T:
+    async def _submit(self, work: _Work, on_progress: ProgressCallback | None) -> Any:
         await self.wait_ready(on_progress)
         with self._lock:
-            if self.requests_waiting >= self.max_waiting:
-                raise Busy(f"the server is busy: {self.requests_waiting} requests are already waiting "
-                           f"(limit {self.max_waiting}); try again later")
-            self.requests_waiting += 1
+            waiting = max(0, self._accepted - self.max_batch)  # beyond the batch
+            if waiting >= self.max_waiting and self._accepted >= self.max_batch:
+                raise Busy(f"the server is busy: {waiting} requests are already waiting (limit "
+                           f"{self.max_waiting}); try again later")
+            work.progress.ahead = max(0, self._accepted - self.max_batch + 1)
+            self._accepted += 1
             self.requests_total += 1
-            progress.ahead = self.requests_waiting - 1 + self.requests_in_flight
-        cancelled = threading.Event()
-        with self._lock:
-            self._active.add(cancelled)
-        future: Future[T] | None = None
+            self._active.add(work.cancelled)
+        handed_over = False
         try:
             if on_progress:  # as the call is accepted: one that ends within an interval still reports
-                await on_progress(progress)
-            future = self._executor.submit(self._run, work, cancelled)
+                await on_progress(work.progress)
+            self._inbox.put(work)
+            handed_over = True
             last = time.monotonic()
-            while not future.done():
+            while not work.future.done():
                 await anyio.sleep(_POLL_SECONDS)
                 if on_progress and time.monotonic() - last >= self.progress_interval:
                     last = time.monotonic()
-                    await on_progress(progress)
-            return future.result()
+                    request = work.request  # set on the engine thread; running once it joined the batch
+                    if request is not None and request.running and work.progress.phase == "queued":
+                        work.progress.prompt_tokens, work.progress.phase = request.prompt_tokens, "prefilling"
+                    await on_progress(work.progress)
+            return work.future.result()
         except BaseException:
-            cancelled.set()  # the caller went away (cancelled request, closed stream): stop decoding
-            if future is None or future.cancel():  # never started: it will not run, nor wait any more
+            work.cancelled.set()  # the caller went away (cancelled request, closed stream): it leaves the batch
+            if not handed_over:
                 with self._lock:
-                    self.requests_waiting -= 1
+                    self._accepted -= 1
             raise
         finally:
             with self._lock:
-                self._active.discard(cancelled)
+                self._active.discard(work.cancelled)
 
-    def _run(self, work: Callable[[Engine, threading.Event], T], cancelled: threading.Event) -> T:
+    # --- the engine thread -----------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        submitted: list[_Work] = []
+        while not self._closed:
+            self._take_work(submitted, wait=self._scheduler.idle)
+            if not self._scheduler.idle:
+                self._scheduler.step()
+            for work in [w for w in submitted if w.request.done]:
+                submitted.remove(work)
+                self._settle(work, work.request.result, work.request.error)
+
+    def _take_work(self, submitted: list[_Work], wait: bool) -> None:
+        """Takes what was handed over: generations join the scheduler, other work runs now."""
+        while True:
+            try:
+                work = self._inbox.get(block=wait)
+            except queue.Empty:
+                return
+            if work is None:  # close()
+                return
+            wait = False
+            if work.cancelled.is_set():  # its caller is gone
+                self._settle(work, None, None)
+            elif work.run is not None:
+                self._run_call(work)
+            else:
+                try:
+                    work.request = self._request_for(work)
+                    self._scheduler.submit(work.request)
+                except Exception as e:  # bad messages or params, the context limit: this request only
+                    self._settle(work, None, e)
+                    continue
+                submitted.append(work)
+
+    def _request_for(self, work: _Work) -> Request:
+        from engine import GenerationParams  # imported by the load, on this thread
+        from engine.scheduler import Request
+
+        def on_step(step) -> None:
+            work.progress.phase = "generating"
+            work.progress.tokens += 1
+            work.progress.text += step.text
+            with self._lock:
+                self.tokens_generated_total += 1
+                self._recent.append((time.monotonic(), self.tokens_generated_total))
+
+        return Request(work.messages, GenerationParams(**work.params), on_step=on_step,
+                       should_cancel=work.cancelled.is_set)
+
+    def _run_call(self, work: _Work) -> None:
+        work.progress.phase = "running"
         with self._lock:
-            self.requests_waiting -= 1
-            self.requests_in_flight += 1
+            self._calls_running += 1
         try:
-            return work(self.engine, cancelled)
+            result, error = work.run(self.engine), None
+        except Exception as e:
+            result, error = None, e
         finally:
             with self._lock:
-                self.requests_in_flight -= 1
+                self._calls_running -= 1
+        self._settle(work, result, error)
+
+    def _settle(self, work: _Work, result: Any, error: BaseException | None) -> None:
+        with self._lock:
+            self._accepted -= 1
+        if error is not None:
+            work.future.set_exception(error)
+        else:
+            work.future.set_result(result)
+
+    def _running_count(self) -> int:
+        return (self._scheduler.active if self._scheduler else 0) + self._calls_running
 
     # --- statistics ------------------------------------------------------------------------------
-
-    def _count_token(self) -> None:
-        with self._lock:
-            self.tokens_generated_total += 1
-            self._recent.append((time.monotonic(), self.tokens_generated_total))
 
     def recent_tokens_per_second(self, window: float = 30.0) -> float:
         """Generated tokens per second over the last `window` seconds of generation."""
@@ -232,14 +301,21 @@ class EngineRunner:
         return (recent[-1][1] - recent[0][1]) / (recent[-1][0] - recent[0][0])
 
     def status(self) -> dict[str, Any]:
+        with self._lock:
+            in_flight = self._running_count()
+            waiting = self._accepted - in_flight
+        scheduler = self._scheduler
         return {
             "state": self.state,
             "load_progress": round(self.load_progress, 3),
             "load_step": self.load_step,
             "error": self.error,
-            "requests_in_flight": self.requests_in_flight,
-            "requests_waiting": self.requests_waiting,
+            "requests_in_flight": in_flight,
+            "requests_waiting": waiting,
             "requests_total": self.requests_total,
             "tokens_generated_total": self.tokens_generated_total,
             "recent_tokens_per_second": round(self.recent_tokens_per_second(), 3),
+            "active_sequences": scheduler.active if scheduler else 0,
+            "max_batch": self.max_batch,
+            "kv_bytes": scheduler.kv_bytes() if scheduler else 0,
         }

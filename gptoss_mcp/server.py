@@ -198,7 +198,7 @@ def build_server(settings: ServerSettings, runner: EngineRunner, **server_option
             "reasoning_effort": state.reasoning_effort, "max_context": settings.max_context,
             "max_tokens_limit": settings.max_tokens_limit, "default_max_tokens": settings.default_max_tokens,
             "max_embed_texts": settings.max_embed_texts, "max_embed_text_chars": settings.max_embed_text_chars,
-            "max_waiting": settings.max_waiting, "transport": settings.transport,
+            "max_batch": settings.max_batch, "max_waiting": settings.max_waiting, "transport": settings.transport,
         })
 
     @mcp.resource("gptoss://status", name="status", mime_type="application/json",

@@ -30,7 +30,8 @@ class ServerSettings:
     default_max_tokens: int = 1024
     max_embed_texts: int = 64
     max_embed_text_chars: int = 32768
-    max_waiting: int = 8                # requests queued behind the running one before "busy"
+    max_batch: int = 8                  # generations decoded together
+    max_waiting: int = 8                # requests waiting beyond the batch before "busy"
     progress_interval: float = 1.0      # seconds between progress notifications of a running call
     auth_token_file: Path | None = None
     allow_origins: tuple[str, ...] = field(default_factory=tuple)
@@ -42,7 +43,7 @@ class ServerSettings:
         if self.reasoning_effort not in REASONING_EFFORTS:
             raise ValueError(f"reasoning_effort must be one of {REASONING_EFFORTS}, got {self.reasoning_effort!r}")
         for name in ("max_context", "max_tokens_limit", "default_max_tokens", "max_embed_texts",
-                     "max_embed_text_chars", "port"):
+                     "max_embed_text_chars", "port", "max_batch"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 < self.progress_interval <= 2:

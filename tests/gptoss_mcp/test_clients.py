@@ -183,3 +183,35 @@ def test_concurrent_generates_while_the_protocol_stays_responsive(target):
             assert during and max(during) < 1.0, latencies
 
     anyio.run(main)
+
+
+def test_four_concurrent_generates_share_the_batch_and_every_counter_returns_to_zero(tiny_dir, cache_dir):
+    with http_server(tiny_dir, cache_dir, "http") as (_, base):
+
+        async def main():
+            async with client_for("http", base, "auto") as client:
+                results, progress, batch = {}, {i: 0 for i in range(4)}, []
+
+                async def generate(i):
+                    async def on_progress(value, total, message):
+                        progress[i] += 1
+
+                    results[i] = _structured(await client.call_tool(
+                        "generate", {"prompt": f"Request {i}", "max_tokens": 200, "seed": i},
+                        progress_callback=on_progress))
+
+                async with anyio.create_task_group() as tg:
+                    for i in range(4):
+                        tg.start_soon(generate, i)
+                    while len(results) < 4:
+                        batch.append((await _read_json(client, "gptoss://status"))["active_sequences"])
+                        await anyio.sleep(0.05)
+                assert all(r["usage"]["completion_tokens"] == 200 or r["finish_reason"] == "stop"
+                           for r in results.values()), results
+                assert all(progress.values()) and max(batch) == 4, (progress, batch)  # all four decoded together
+                status = await _read_json(client, "gptoss://status")
+                assert (status["requests_in_flight"], status["requests_waiting"], status["active_sequences"],
+                        status["kv_bytes"]) == (0, 0, 0, 0), status
+                assert status["max_batch"] == 8
+
+        anyio.run(main)

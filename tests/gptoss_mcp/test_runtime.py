@@ -1,4 +1,5 @@
-"""EngineRunner with a stand-in engine: queueing, busy limit, cancellation, failed loads, statistics."""
+"""EngineRunner on the tiny model: loading (held back, failed), batching, the waiting limit, progress
+phases, cancellation within a step, calls between steps, and every counter back to zero."""
 
 from __future__ import annotations
 
@@ -8,78 +9,120 @@ import time
 import anyio
 import pytest
 
-from engine import GenerationResult, GenerationStep, Usage
+from engine import Engine
 from gptoss_mcp.runtime import Busy, EngineRunner, EngineUnavailable
 
-
-class FakeGeneration:
-    def __init__(self, tokens: int, delay: float, should_cancel, prefill_seconds: float = 0.0):
-        self._tokens, self._delay, self._should_cancel = tokens, delay, should_cancel
-        self._prefill_seconds = prefill_seconds
-        self.prompt_tokens, self.result = 1, None
-
-    def __iter__(self):
-        time.sleep(self._prefill_seconds)
-        produced, finish = 0, "length"
-        while produced < self._tokens:
-            if self._should_cancel():
-                finish = "cancelled"
-                break
-            time.sleep(self._delay)
-            yield GenerationStep(produced, "x", "final")
-            produced += 1
-        self.result = GenerationResult("x" * produced, "", [], finish, Usage(1, produced))
+LONG = {"max_tokens": 4000, "temperature": 1.0, "seed": 1}  # far longer than any test waits for
 
 
-class FakeEngine:
-    def __init__(self, delay: float = 0.01, prefill_seconds: float = 0.0):
-        self.delay, self.prefill_seconds, self.thread_names, self.finished = delay, prefill_seconds, set(), []
-
-    def generate(self, messages, params, should_cancel):
-        self.thread_names.add(threading.current_thread().name)
-        generation = FakeGeneration(params.max_tokens, self.delay, should_cancel, self.prefill_seconds)
-        self.finished.append(generation)
-        return generation
+@pytest.fixture(scope="module")
+def engine(tiny_dir, tmp_path_factory) -> Engine:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GPTOSS_CACHE_DIR", str(tmp_path_factory.mktemp("gptoss-cache")))
+        engine = Engine.load(tiny_dir)
+        engine.harmony  # noqa: B018
+    return engine
 
 
-def _runner(engine=None, load_seconds=0.0, max_waiting=4, error=None) -> EngineRunner:
+def _slowed(engine: Engine, seconds: float) -> Engine:
+    """The same model, each forward pass taking at least `seconds`."""
+    slow = Engine(engine.path, engine.config, engine.model, engine.options, engine.device)
+    slow.__dict__.update(tokenizer=engine.tokenizer, harmony=engine.harmony)
+    model_forward = engine.model.forward_sequences
+
+    class SlowModel:
+        def __getattr__(self, name):
+            return getattr(engine.model, name)
+
+        def __call__(self, *args):
+            return engine.model(*args)
+
+        def forward_sequences(self, ids, caches):
+            time.sleep(seconds)
+            return model_forward(ids, caches)
+
+    slow.model = SlowModel()
+    return slow
+
+
+def _runner(engine, load_seconds=0.0, **kwargs) -> EngineRunner:
     def load(report):
         for i in range(5):
             time.sleep(load_seconds / 5)
-            report((i + 1) / 5)
-        if error:
-            raise error
-        return engine or FakeEngine()
+            report((i + 1) / 5, f"step {i}")
+        return engine
 
-    return EngineRunner(load, max_waiting=max_waiting, progress_interval=0.05)
+    kwargs.setdefault("max_waiting", 4)
+    return EngineRunner(load, progress_interval=kwargs.pop("progress_interval", 0.05), **kwargs)
 
 
-def test_generation_runs_on_the_engine_thread_and_reports_progress():
-    engine = FakeEngine()
+def _messages(text="Tell a story"):
+    return [{"role": "user", "content": text}]
+
+
+def _assert_idle(runner: EngineRunner) -> None:
+    deadline = time.monotonic() + 5
+    while (status := runner.status())["requests_in_flight"] or status["requests_waiting"]:
+        assert time.monotonic() < deadline, status
+        time.sleep(0.01)
+    assert status["active_sequences"] == 0 and status["kv_bytes"] == 0, status
+
+
+def test_generation_runs_on_the_engine_thread_and_reports_progress(engine):
     runner = _runner(engine, load_seconds=0.3)
-    seen = []
+    seen, threads = [], set()
 
     async def on_progress(progress):
-        seen.append((progress.phase, progress.tokens))
+        seen.append((progress.phase, progress.load_step, progress.tokens))
 
     async def main():
-        return await runner.generate([], {"max_tokens": 20}, on_progress)
+        return await runner.generate(_messages(), {"max_tokens": 20, "temperature": 0}, on_progress)
 
-    result = anyio.run(main)
-    assert result.usage.completion_tokens == 20 and engine.thread_names == {"gptoss-engine_0"}
-    assert seen[0][0] == "loading" and seen[-1][0] == "generating"
+    original = engine.model.forward_sequences
+    engine.model.forward_sequences = lambda *a: (threads.add(threading.current_thread().name), original(*a))[1]
+    try:
+        result = anyio.run(main)
+    finally:
+        del engine.model.forward_sequences
+    assert result.usage.completion_tokens == 20 and threads == {"gptoss-engine"}
+    phases = [phase for phase, _, _ in seen]
+    assert phases[0] == "loading" and "queued" in phases  # loading first, then queued as it was accepted
+    assert any(step.startswith("step") for _, step, _ in seen)  # loading says what it does
     assert runner.status()["tokens_generated_total"] == 20 and runner.status()["requests_total"] == 1
+    _assert_idle(runner)
     runner.close()
 
 
-def test_requests_queue_in_order_and_a_full_queue_is_busy():
-    engine = FakeEngine(delay=0.02)
-    runner = _runner(engine, max_waiting=1)
-    outcomes = {}
+def test_generations_run_in_one_batch(engine):
+    runner = _runner(engine)
+    active = []
 
-    async def call(name, tokens):
+    async def main():
+        await runner.wait_ready()
+        async with anyio.create_task_group() as tg:
+            for i in range(3):
+                tg.start_soon(runner.generate, _messages(f"Story {i}"), {"max_tokens": 300, "temperature": 0})
+            while runner.status()["requests_total"] < 3 or runner.status()["requests_in_flight"]:
+                active.append(runner.status()["active_sequences"])
+                await anyio.sleep(0.005)
+
+    anyio.run(main)
+    assert max(active) == 3
+    _assert_idle(runner)
+    runner.close()
+
+
+def test_beyond_the_batch_requests_wait_and_beyond_the_limit_are_busy(engine):
+    runner = _runner(_slowed(engine, 0.02), max_batch=1, max_waiting=1, progress_interval=5.0)
+    outcomes, seen = {}, []
+
+    async def on_progress(progress):
+        seen.append((progress.phase, progress.ahead))
+
+    async def call(name, tokens, report=None):
         try:
-            outcomes[name] = (await runner.generate([], {"max_tokens": tokens})).usage.completion_tokens
+            result = await runner.generate(_messages(name), {"max_tokens": tokens, "temperature": 0}, report)
+            outcomes[name] = result.usage.completion_tokens
         except Busy as e:
             outcomes[name] = str(e)
 
@@ -88,41 +131,117 @@ def test_requests_queue_in_order_and_a_full_queue_is_busy():
         async with anyio.create_task_group() as tg:
             tg.start_soon(call, "first", 20)
             await anyio.sleep(0.1)        # first is running
-            tg.start_soon(call, "second", 5)
+            tg.start_soon(call, "second", 5, on_progress)
             await anyio.sleep(0.1)        # second waits
-            assert runner.status()["requests_waiting"] == 1 and runner.status()["requests_in_flight"] == 1
+            status = runner.status()
+            assert status["requests_waiting"] == 1 and status["requests_in_flight"] == 1, status
             tg.start_soon(call, "third", 5)
 
     anyio.run(main)
     assert outcomes["first"] == 20 and outcomes["second"] == 5
     assert "busy" in outcomes["third"] and "limit 1" in outcomes["third"]
+    assert seen[0] == ("queued", 1)  # told at once how many must leave the batch before it
+    _assert_idle(runner)
     runner.close()
 
 
-def test_cancelling_a_call_stops_its_generation_within_a_token():
-    engine = FakeEngine(delay=0.02)
+def test_cancelling_a_call_removes_it_from_the_batch_within_a_step(engine):
     runner = _runner(engine)
 
     async def main():
-        with anyio.move_on_after(0.3):
-            await runner.generate([], {"max_tokens": 10_000})
-        deadline = time.monotonic() + 1
-        while runner.status()["requests_in_flight"] and time.monotonic() < deadline:
-            await anyio.sleep(0.01)
+        await runner.wait_ready()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(runner.generate, _messages("stays"), {"max_tokens": 200, "temperature": 0})
+            with anyio.move_on_after(0.3):
+                await runner.generate(_messages("leaves"), LONG)
+            assert runner.status()["active_sequences"] <= 2
+        return runner.status()["tokens_generated_total"]
+
+    tokens = anyio.run(main)
+    _assert_idle(runner)
+    time.sleep(0.2)
+    assert runner.status()["tokens_generated_total"] == tokens < 4000  # nothing decodes any more
+    runner.close()
+
+
+def test_calls_run_between_steps_while_generations_decode(engine):
+    runner = _runner(_slowed(engine, 0.02))
+
+    async def main():
+        await runner.wait_ready()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(runner.generate, _messages(), {"max_tokens": 100, "temperature": 0})
+            await anyio.sleep(0.2)
+            vectors = await runner.call(lambda e: e.embed(["a b"]), "embedding 1 text(s)")
+            assert runner.status()["active_sequences"] == 1  # the generation was still running
+            return vectors
+
+    assert anyio.run(main).shape[0] == 1
+    _assert_idle(runner)
+    runner.close()
+
+
+def test_progress_says_queued_then_prefilling_then_generating(engine):
+    runner = _runner(_slowed(engine, 0.15), progress_interval=0.05)
+    seen = []
+
+    async def on_progress(progress):
+        seen.append((progress.phase, progress.prompt_tokens))
+
+    async def main():
+        await runner.wait_ready()
+        await runner.generate(_messages(), {"max_tokens": 3}, on_progress)
 
     anyio.run(main)
-    generation = engine.finished[0]
-    assert generation.result.finish_reason == "cancelled" and generation.result.usage.completion_tokens < 100
-    assert runner.status()["requests_in_flight"] == 0 and runner.status()["requests_waiting"] == 0
+    order = {"queued": 0, "prefilling": 1, "generating": 2}
+    steps = [order[phase] for phase, _ in seen]
+    assert seen[0][0] == "queued" and steps == sorted(steps) and 1 in steps and 2 in steps
+    assert all(tokens > 8 for phase, tokens in seen if phase == "prefilling")
+    runner.close()
+
+
+def test_a_short_call_reports_progress_at_once(engine):
+    runner = _runner(engine, progress_interval=2.0)
+    seen = []
+
+    async def on_progress(progress):
+        seen.append((progress.phase, progress.ahead))
+
+    async def main():
+        await runner.wait_ready()
+        started = time.monotonic()
+        result = await runner.generate(_messages(), {"max_tokens": 3}, on_progress)
+        assert time.monotonic() - started < 1.0 and result.usage.completion_tokens == 3
+        await runner.call(lambda e: None, "embedding 1 text(s)", on_progress)
+
+    anyio.run(main)
+    assert seen == [("queued", 0), ("queued", 0)]  # one notification per call, sent as each was accepted
+    runner.close()
+
+
+def test_bad_generation_params_are_value_errors_and_leave_nothing_behind(engine):
+    runner = _runner(engine)
+
+    async def main():
+        with pytest.raises(ValueError, match=r"tools\[0\]\.name must be a non-empty string"):
+            await runner.generate(_messages(), {"tools": [{"description": "nameless"}]})
+        with pytest.raises(ValueError, match=r"messages\[0\]\.role"):
+            await runner.generate([{"role": "robot", "content": "x"}], {})
+
+    anyio.run(main)
+    _assert_idle(runner)
     runner.close()
 
 
 def test_a_failed_load_is_reported_with_its_reason():
-    runner = _runner(error=FileNotFoundError("/models/x/config.json: config file not found"))
+    def load(report):
+        raise FileNotFoundError("/models/x/config.json: config file not found")
+
+    runner = EngineRunner(load, max_waiting=4)
 
     async def main():
         with pytest.raises(EngineUnavailable, match="config file not found"):
-            await runner.generate([], {})
+            await runner.generate(_messages(), {})
 
     anyio.run(main)
     status = runner.status()
@@ -130,54 +249,12 @@ def test_a_failed_load_is_reported_with_its_reason():
     runner.close()
 
 
-def _phases_and_ahead():
-    """(what a progress callback saw, the callback)"""
-    seen = []
-
-    async def on_progress(progress):
-        seen.append((progress.phase, progress.ahead))
-
-    return seen, on_progress
-
-
-def test_a_call_reports_progress_at_once_even_when_it_ends_within_one_interval():
-    runner = EngineRunner(lambda report: FakeEngine(delay=0.001), max_waiting=4, progress_interval=2.0)
-    seen, on_progress = _phases_and_ahead()
-
-    async def main():
-        await runner.wait_ready()
-        started = time.monotonic()
-        result = await runner.generate([], {"max_tokens": 3}, on_progress)
-        assert time.monotonic() - started < 1.0 and result.usage.completion_tokens == 3
-        await runner.call(lambda engine: None, "embedding 1 text(s)", on_progress)
-
-    anyio.run(main)
-    assert seen == [("queued", 0), ("queued", 0)]  # one notification per call, sent as each was accepted
-    runner.close()
-
-
-def test_a_queued_call_says_how_many_requests_are_ahead():
-    runner = EngineRunner(lambda report: FakeEngine(delay=0.02), max_waiting=4, progress_interval=5.0)
-    seen, on_progress = _phases_and_ahead()
-
-    async def main():
-        await runner.wait_ready()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(runner.generate, [], {"max_tokens": 10})
-            await anyio.sleep(0.05)  # the first one is running
-            await runner.generate([], {"max_tokens": 1}, on_progress)
-
-    anyio.run(main)
-    assert seen[0] == ("queued", 1)
-    runner.close()
-
-
-def test_loading_waits_for_start_loading_or_the_start_timeout():
+def test_loading_waits_for_start_loading_or_the_start_timeout(engine):
     loads = []
 
     def load(report):
         loads.append(time.monotonic())
-        return FakeEngine()
+        return engine
 
     held = EngineRunner(load, max_waiting=4, start_timeout=30.0)
     time.sleep(0.3)
@@ -199,43 +276,12 @@ def test_loading_waits_for_start_loading_or_the_start_timeout():
     timed_out.close()
 
 
-def test_a_call_starts_a_held_load_at_once():
-    runner = EngineRunner(lambda report: FakeEngine(), max_waiting=4, start_timeout=30.0)
+def test_a_call_starts_a_held_load_at_once(engine):
+    runner = EngineRunner(lambda report: engine, max_waiting=4, start_timeout=30.0)
 
     async def main():
-        with anyio.fail_after(5):
-            return await runner.generate([], {"max_tokens": 2})
+        with anyio.fail_after(10):
+            return await runner.generate(_messages(), {"max_tokens": 2})
 
     assert anyio.run(main).usage.completion_tokens == 2
-    runner.close()
-
-
-def test_bad_generation_params_are_value_errors_from_the_engine_thread():
-    runner = _runner()
-
-    async def main():
-        with pytest.raises(ValueError, match=r"tools\[0\]\.name must be a non-empty string"):
-            await runner.generate([], {"tools": [{"description": "nameless"}]})
-
-    anyio.run(main)
-    assert runner.status()["requests_in_flight"] == 0 and runner.status()["requests_waiting"] == 0
-    runner.close()
-
-
-def test_progress_says_when_the_prompt_is_being_prefilled():
-    engine = FakeEngine(prefill_seconds=0.3)
-    runner = _runner(engine)
-    seen = []
-
-    async def on_progress(progress):
-        seen.append((progress.phase, progress.prompt_tokens, progress.tokens))
-
-    async def main():
-        await runner.wait_ready()
-        await runner.generate([], {"max_tokens": 3}, on_progress)
-
-    anyio.run(main)
-    order = {"queued": 0, "prefilling": 1, "generating": 2}
-    steps = [order[phase] for phase, *_ in seen]
-    assert seen[0][0] == "queued" and ("prefilling", 1, 0) in seen and steps == sorted(steps)
     runner.close()
