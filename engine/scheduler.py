@@ -115,23 +115,25 @@ class Scheduler:
         batch = self._plan()
         if not batch:
             return
+        ends, sampling, row = [], [], -1
+        for seq, n in batch:
+            row += n
+            if n == len(seq.pending):  # its prompt is all in: the last row's logits give the next token
+                ends.append(row)
+                sampling.append(seq)
         try:
             hidden = self.engine.model.forward_sequences([torch.tensor(seq.pending[:n]) for seq, n in batch],
                                                          [seq.cache for seq, _ in batch])
+            logits = self.engine.model.unembed(hidden[ends])
         except Exception as e:  # the pass failed for all of them; the scheduler goes on with others
             logger.exception("a forward pass of %d sequence(s) failed", len(batch))
             for seq, _ in batch:
                 self._fail(seq, e)
             return
-        ends, sampling, row = [], [], -1
         for seq, n in batch:
             seq.pending = seq.pending[n:]
-            row += n
-            if not seq.pending:  # its prompt is all in: the last row's logits give the next token
-                ends.append(row)
-                sampling.append(seq)
-        for seq, logits in zip(sampling, self.engine.model.unembed(hidden[ends])):
-            self._advance(seq, logits)
+        for seq, row_logits in zip(sampling, logits):
+            self._advance(seq, row_logits)
 
     def _plan(self) -> list[tuple[_Sequence, int]]:
         """(sequence, tokens it runs this step): one for each decoding sequence, then prefill chunks

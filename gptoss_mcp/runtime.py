@@ -15,6 +15,7 @@ the batch within one step and the others go on.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import queue
 import threading
@@ -94,6 +95,7 @@ class EngineRunner:
         self.load_progress, self.load_step = 0.0, ""
         self.engine: Engine | None = None
         self._scheduler: Scheduler | None = None
+        self._new_scheduler: Callable[[], Scheduler] | None = None  # set once the engine is loaded
         self._lock = threading.Lock()
         self._inbox: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()  # None wakes the thread to stop
         self._accepted = 0         # calls handed over and not finished
@@ -128,7 +130,8 @@ class EngineRunner:
             engine = load(self._set_load_progress)
             from engine.scheduler import Scheduler  # imported by the load, on this thread
 
-            self._scheduler = Scheduler(engine, max_batch=self.max_batch)
+            self._new_scheduler = functools.partial(Scheduler, engine, max_batch=self.max_batch)
+            self._scheduler = self._new_scheduler()
         except Exception as e:  # any failure is reported through status and tool errors, never fatal
             logger.error("model failed to load: %s", e, exc_info=not isinstance(e, ValueError))
             self.error = f"{type(e).__name__}: {e}"
@@ -222,7 +225,14 @@ class EngineRunner:
         while not self._closed:
             self._take_work(submitted, wait=self._scheduler.idle)
             if not self._scheduler.idle:
-                self._scheduler.step()
+                try:
+                    self._scheduler.step()
+                except Exception as e:  # not expected (a step fails only its own requests): start afresh
+                    logger.exception("a scheduler step failed; ending its %d request(s)", len(submitted))
+                    self._scheduler = self._new_scheduler()
+                    for work in submitted:
+                        if not work.request.done:
+                            work.request.error = e
             for work in [w for w in submitted if w.request.done]:
                 submitted.remove(work)
                 self._settle(work, work.request.result, work.request.error)

@@ -181,6 +181,27 @@ def test_calls_run_between_steps_while_generations_decode(engine):
     runner.close()
 
 
+def test_a_failing_step_ends_its_requests_with_the_error_and_the_runner_goes_on(engine):
+    runner = _runner(engine)
+
+    async def main():
+        await runner.wait_ready()
+        scheduler = runner._scheduler
+
+        def broken_step():
+            raise RuntimeError("a bug in a step")
+
+        scheduler.step = broken_step
+        with pytest.raises(RuntimeError, match="a bug in a step"):
+            await runner.generate(_messages(), {"max_tokens": 5})
+        assert runner._scheduler is not scheduler  # a fresh one
+        return await runner.generate(_messages(), {"max_tokens": 5})
+
+    assert anyio.run(main).usage.completion_tokens == 5
+    _assert_idle(runner)
+    runner.close()
+
+
 def test_progress_says_queued_then_prefilling_then_generating(engine):
     runner = _runner(_slowed(engine, 0.15), progress_interval=0.05)
     seen = []
