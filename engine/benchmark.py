@@ -45,10 +45,12 @@ def memory_read_gbps(nbytes: int = 1 << 30, repeats: int = 5) -> float:
 
 def run_benchmark(path: str | Path, prompt_tokens: Sequence[int] = (128, 512), gen_tokens: int = 32,
                   repeats: int = 3, threads: int | None = None, dtype: str = "bfloat16", device: str = "cpu",
-                  seed: int = 0) -> dict:
+                  seed: int = 0, concurrency: Sequence[int] = ()) -> dict:
     """Loads the model; for each prompt length prefills a fresh cache `repeats` times; then decodes
     `gen_tokens` greedily `repeats` times after the longest prompt, measuring the read bandwidth
-    after each decode round.
+    after each decode round. For each number of streams in `concurrency`, that many sequences
+    (each after its own shortest-length prompt) decode `gen_tokens` together, one forward pass per
+    step as the server's scheduler runs them.
 
     The first prefill pages in the weights it touches (what a first request pays: reported as the
     cold time to first token); speeds are the best of the repeats, since a shared machine's noise
@@ -57,10 +59,10 @@ def run_benchmark(path: str | Path, prompt_tokens: Sequence[int] = (128, 512), g
     Returns:
         A JSON-ready dict of the measurements (seconds, tokens/s, bytes).
     """
-    prompt_tokens = list(prompt_tokens)
-    if not prompt_tokens or min(prompt_tokens) <= 0 or gen_tokens <= 0 or repeats <= 0:
-        raise ValueError(f"prompt lengths, gen_tokens and repeats must be positive, got {prompt_tokens}, "
-                         f"{gen_tokens}, {repeats}")
+    prompt_tokens, concurrency = list(prompt_tokens), list(concurrency)
+    if not prompt_tokens or min(prompt_tokens + concurrency + [gen_tokens, repeats]) <= 0:
+        raise ValueError(f"prompt lengths, stream counts, gen_tokens and repeats must be positive, got "
+                         f"{prompt_tokens}, {concurrency}, {gen_tokens}, {repeats}")
     if threads is not None:
         torch.set_num_threads(threads)
     rss_before = current_rss_bytes()
@@ -98,6 +100,7 @@ def run_benchmark(path: str | Path, prompt_tokens: Sequence[int] = (128, 512), g
                 token = engine.model.unembed(engine.forward(token, cache)[:, -1]).argmax(-1, keepdim=True)
             decode_seconds.append(time.perf_counter() - started)
             bandwidths.append(memory_read_gbps())
+        streams = [_concurrent_decode(engine, n, min(prompt_tokens), gen_tokens, repeats, seed) for n in concurrency]
 
     config = engine.config
     decode_speed = gen_tokens / min(decode_seconds)
@@ -130,4 +133,26 @@ def run_benchmark(path: str | Path, prompt_tokens: Sequence[int] = (128, 512), g
         # batch-1 decode must read every weight byte once per token: bandwidth / bytes is its ceiling
         "decode_ceiling_tokens_per_second": round(ceiling, 3),
         "decode_fraction_of_ceiling": round(decode_speed / ceiling, 3),
+        "concurrency": streams,
     }
+
+
+def _concurrent_decode(engine: Engine, streams: int, prompt_tokens: int, gen_tokens: int, repeats: int,
+                       seed: int) -> dict:
+    """`streams` greedy sequences decoding together (Transformer.forward_sequences), best of `repeats`."""
+    g = torch.Generator().manual_seed(seed + streams)
+    seconds = []
+    for _ in range(repeats):
+        caches = [engine.new_cache(max_context=prompt_tokens + gen_tokens) for _ in range(streams)]
+        tokens = []
+        for cache in caches:  # prompts prefilled one by one: only the decoding is timed
+            prompt = torch.randint(0, 199998, (1, prompt_tokens), generator=g)
+            tokens.append(engine.model.unembed(engine.forward(prompt, cache)[0, -1]).argmax(-1, keepdim=True))
+        started = time.perf_counter()
+        for _ in range(gen_tokens):
+            hidden = engine.model.forward_sequences(tokens, caches)  # [streams, D]: one row each
+            tokens = list(engine.model.unembed(hidden).argmax(-1, keepdim=True))
+        seconds.append(time.perf_counter() - started)
+    best = min(seconds)
+    return {"streams": streams, "aggregate_decode_tokens_per_second": round(streams * gen_tokens / best, 3),
+            "per_stream_decode_tokens_per_second": round(gen_tokens / best, 3)}

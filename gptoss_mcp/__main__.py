@@ -30,7 +30,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     try:
         result = run_benchmark(args.model, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
-                               repeats=args.repeats, threads=args.threads, dtype=args.dtype, device=args.device)
+                               repeats=args.repeats, threads=args.threads, dtype=args.dtype, device=args.device,
+                               concurrency=args.concurrency)
     except (CheckpointError, ConfigError) as e:
         logging.getLogger("gptoss_mcp").error("model failed to load: %s", e)
         return EXIT_MODEL_FAILED
@@ -182,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--prompt-tokens", type=_positive_int, nargs="+", default=[128, 512],
                        help="prompt lengths to measure (default: 128 512)")
     bench.add_argument("--gen-tokens", type=_positive_int, default=32, help="tokens per decode round")
+    bench.add_argument("--concurrency", type=_positive_int, nargs="+", default=[], metavar="N",
+                       help="also decode N greedy streams together, for each N given")
     bench.add_argument("--repeats", type=_positive_int, default=3,
                        help="runs of each measurement; the best is reported (default: 3)")
     bench.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: all cores)")

@@ -55,7 +55,7 @@ def test_bench_on_a_broken_model_exits_3_naming_the_problem(tmp_path):
 
 def test_bench_reports_json(tiny_dir):
     result = run_cli("bench", "--model", str(tiny_dir), "--prompt-tokens", "9", "5", "--gen-tokens", "3",
-                     "--repeats", "2", "--json")
+                     "--repeats", "2", "--concurrency", "1", "3", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert [p["prompt_tokens"] for p in report["prompts"]] == [9, 5]
@@ -69,6 +69,10 @@ def test_bench_reports_json(tiny_dir):
     assert report["ops_backend"] == "extension"  # built on first use on any machine with a C++ compiler
     assert report["cpu_kernels"] in {"amx", "avx512_bf16", "avx2", "portable"}
     assert report["memory_read_gbps"] > 0 and report["decode_ceiling_tokens_per_second"] > 0
+    assert [c["streams"] for c in report["concurrency"]] == [1, 3]
+    for c in report["concurrency"]:
+        assert c["aggregate_decode_tokens_per_second"] == pytest.approx(
+            c["streams"] * c["per_stream_decode_tokens_per_second"], rel=1e-3) and c["aggregate_decode_tokens_per_second"] > 0
 
 
 def test_bench_rejects_a_non_positive_repeat_count(tiny_dir):
