@@ -102,8 +102,9 @@ def test_generations_run_in_one_batch(engine):
         async with anyio.create_task_group() as tg:
             for i in range(3):
                 tg.start_soon(runner.generate, _messages(f"Story {i}"), {"max_tokens": 300, "temperature": 0})
-            while runner.status()["requests_total"] < 3 or runner.status()["requests_in_flight"]:
-                active.append(runner.status()["active_sequences"])
+            while (status := runner.status())["requests_total"] < 3 or status["requests_in_flight"] or \
+                    status["requests_waiting"]:
+                active.append(status["active_sequences"])
                 await anyio.sleep(0.005)
 
     anyio.run(main)
@@ -146,18 +147,27 @@ def test_beyond_the_batch_requests_wait_and_beyond_the_limit_are_busy(engine):
 
 
 def test_cancelling_a_call_removes_it_from_the_batch_within_a_step(engine):
-    runner = _runner(engine)
+    runner = _runner(_slowed(engine, 0.01))
+    stays = {}
+
+    async def keep(name):
+        stays[name] = await runner.generate(_messages(name), {"max_tokens": 200, "temperature": 0})
 
     async def main():
         await runner.wait_ready()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(runner.generate, _messages("stays"), {"max_tokens": 200, "temperature": 0})
+            tg.start_soon(keep, "stays")
             with anyio.move_on_after(0.3):
                 await runner.generate(_messages("leaves"), LONG)
-            assert runner.status()["active_sequences"] <= 2
+            assert runner.status()["active_sequences"] == 2  # the cancelled one has not been stepped yet
+            with anyio.fail_after(0.2):  # a step of the slowed model takes 0.01 s
+                while runner.status()["active_sequences"] != 1:
+                    await anyio.sleep(0.002)
+            assert "stays" not in stays  # the other one goes on decoding
         return runner.status()["tokens_generated_total"]
 
     tokens = anyio.run(main)
+    assert stays["stays"].usage.completion_tokens == 200
     _assert_idle(runner)
     time.sleep(0.2)
     assert runner.status()["tokens_generated_total"] == tokens < 4000  # nothing decodes any more
