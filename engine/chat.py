@@ -7,12 +7,15 @@ string in the final text, max_tokens, the context limit, or cancellation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from engine.harmony import END, REASONING_EFFORTS, STOP_TOKENS, CompletionParser
 from engine.messages import FunctionTool, ToolCall, coerce_tools
+
+if TYPE_CHECKING:
+    from engine.scheduler import Request, Scheduler
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -105,14 +108,14 @@ class Completion:
 
 
 class Generation:
-    """An iterator of GenerationStep; `result` is set once it is exhausted (or `run()` is called).
-    `prompt_tokens` is the rendered prompt's length, known before the first step."""
+    """The steps of one request, made by stepping its own scheduler as they are read: an iterator of
+    GenerationStep; `result` is set once it is exhausted (or `run()` is called). `prompt_tokens` is
+    the rendered prompt's length, known before the first step."""
 
-    def __init__(self, tokens: Iterator[int], parser: CompletionParser, params: GenerationParams,
-                 prompt_tokens: int, should_cancel: Callable[[], bool] | None = None):
-        self._tokens, self._completion = tokens, Completion(parser, params, prompt_tokens)
-        self.prompt_tokens = prompt_tokens
-        self._should_cancel = should_cancel or (lambda: False)
+    def __init__(self, scheduler: Scheduler, request: Request, made: list[GenerationStep]):
+        """`made` is where the request's on_step puts its steps."""
+        self._scheduler, self._request, self._made = scheduler, request, made
+        self.prompt_tokens = request.prompt_tokens
         self._steps = self._run()
         self.result: GenerationResult | None = None
 
@@ -128,22 +131,13 @@ class Generation:
         return self.result
 
     def _run(self) -> Iterator[GenerationStep]:
-        finish: FinishReason = "length"
-        try:
-            while True:
-                if self._should_cancel():
-                    finish = "cancelled"
-                    break
-                token = next(self._tokens, None)
-                if token is None:  # max_tokens or the context limit
-                    break
-                yield self._completion.push(token)
-                if self._completion.ended:
-                    finish = "stop"
-                    break
-        finally:
-            self._tokens.close()  # frees the KV cache
-        self.result = self._completion.result(finish)
+        while not self._request.done:
+            self._scheduler.step()
+            yield from self._made
+            self._made.clear()
+        if self._request.error is not None:
+            raise self._request.error
+        self.result = self._request.result
 
 
 class _StopStrings:

@@ -14,16 +14,15 @@ from typing import Any
 import torch
 
 from engine import ops
-from engine.chat import Generation, GenerationParams
+from engine.chat import Generation, GenerationParams, GenerationStep
 from engine.checkpoint import CheckpointError, SafetensorsCheckpoint
 from engine.config import ModelConfig
 from engine.embed import embed_token_lists
-from engine.generate import sample_tokens
 from engine.harmony import HarmonyFormat
 from engine.messages import ChatMessage, FunctionTool
 from engine.kv_cache import ContextLimitError, KVCache
 from engine.model import Transformer
-from engine.sampling import Sampler
+from engine.scheduler import Request, Scheduler
 from engine.tokenizer import Tokenizer
 from engine.weights import canonical_specs, parameter_count, read_weights
 
@@ -187,15 +186,11 @@ class Engine:
             ValueError: bad messages or params.
         """
         params = params or GenerationParams()
-        prompt, max_new = self.prompt_for(messages, params)
-        cache = self.new_cache()
-
-        @torch.inference_mode()
-        def step(ids: torch.Tensor) -> torch.Tensor:
-            return self.model.unembed(self.forward(ids, cache)[0, -1])
-
-        tokens = sample_tokens(step, prompt, Sampler(params.temperature, params.top_p, params.seed), max_new)
-        return Generation(tokens, self.harmony.parser(), params, len(prompt), should_cancel)
+        made: list[GenerationStep] = []
+        request = Request(messages, params, on_step=made.append, should_cancel=should_cancel)
+        scheduler = Scheduler(self, max_batch=1)
+        scheduler.submit(request)
+        return Generation(scheduler, request, made)
 
     def embed(self, texts: list[str], normalize: bool = True) -> torch.Tensor:
         """float32 [len(texts), hidden_size]: mean of final-normed hidden states over each text's tokens.

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engine import ContextLimitError, Engine, GenerationParams
-from engine.chat import Generation
+from engine.chat import Completion
 from engine.sampling import Sampler
 
 QUESTION = [{"role": "user", "content": "What is 2 + 2?"}]
@@ -21,22 +21,31 @@ def engine(tiny_dir) -> Engine:
     return Engine.load(tiny_dir, dtype="float32")
 
 
-def _scripted(engine: Engine, tokens: list[int], params: GenerationParams | None = None, **kwargs) -> Generation:
-    """A Generation fed from a token script instead of the model, through the real harmony parser."""
-    consumed = []
+class _Scripted:
+    """A reply fed from a token script instead of the model, through the real harmony parser and
+    Completion: tokens are drawn until the completion says it has ended (as the scheduler does)."""
 
-    def source():
-        for token in tokens:
-            consumed.append(token)
-            yield token
+    def __init__(self, engine: Engine, tokens: list[int], params: GenerationParams | None = None):
+        self._tokens, self._completion = tokens, Completion(engine.harmony.parser(), params or GenerationParams(), 10)
+        self.consumed: list[int] = []
+        self.result = None
 
-    generation = Generation(source(), engine.harmony.parser(), params or GenerationParams(), 10, **kwargs)
-    generation.consumed = consumed
-    return generation
+    def __iter__(self):
+        for token in self._tokens:
+            self.consumed.append(token)
+            yield self._completion.push(token)
+            if self._completion.ended:
+                break
+        self.result = self._completion.result("stop" if self._completion.ended else "length")
+
+    def run(self):
+        for _ in self:
+            pass
+        return self.result
 
 
 def test_documented_completion_splits_channels_and_stops_on_return(engine):
-    generation = _scripted(engine, DOCUMENTED_COMPLETION + [1, 2, 3])
+    generation = _Scripted(engine, DOCUMENTED_COMPLETION + [1, 2, 3])
     steps = list(generation)
     result = generation.result
     assert result.reasoning == 'User asks: "What is 2 + 2?" Simple arithmetic. Provide answer.'
@@ -50,7 +59,7 @@ def test_documented_completion_splits_channels_and_stops_on_return(engine):
 
 def test_end_of_final_message_stops_but_end_of_analysis_does_not(engine):
     end_of_final = DOCUMENTED_COMPLETION[:-1] + [200007, 200006]
-    generation = _scripted(engine, end_of_final)
+    generation = _Scripted(engine, end_of_final)
     generation.run()
     assert generation.result.finish_reason == "stop" and generation.consumed[-1] == 200007
     assert generation.result.text == "2 + 2 = 4."
@@ -60,7 +69,7 @@ def test_tool_call_stops_on_call(engine):
     completion = engine.harmony.encoding.encode(
         '<|channel|>analysis<|message|>Need weather.<|end|><|start|>assistant<|channel|>commentary '
         'to=functions.get_weather <|constrain|>json<|message|>{"city":"Paris"}<|call|>', allowed_special="all")
-    generation = _scripted(engine, completion + [1, 2])
+    generation = _Scripted(engine, completion + [1, 2])
     result = generation.run()
     assert result.finish_reason == "stop" and generation.consumed == completion
     assert [(c.name, c.arguments) for c in result.tool_calls] == [("get_weather", '{"city":"Paris"}')]
@@ -69,7 +78,7 @@ def test_tool_call_stops_on_call(engine):
 
 @pytest.mark.parametrize("stop", ["= 4", " 2 =", "4."])
 def test_stop_string_truncates_final_text_and_is_never_emitted(engine, stop):
-    generation = _scripted(engine, DOCUMENTED_COMPLETION, GenerationParams(stop=(stop, "never")))
+    generation = _Scripted(engine, DOCUMENTED_COMPLETION, GenerationParams(stop=(stop, "never")))
     steps = list(generation)
     expected = "2 + 2 = 4."[:"2 + 2 = 4.".index(stop)]
     assert generation.result.text == expected and generation.result.finish_reason == "stop"
@@ -77,7 +86,7 @@ def test_stop_string_truncates_final_text_and_is_never_emitted(engine, stop):
 
 
 def test_stop_string_in_reasoning_does_not_stop(engine):
-    result = _scripted(engine, DOCUMENTED_COMPLETION, GenerationParams(stop=("Simple",))).run()
+    result = _Scripted(engine, DOCUMENTED_COMPLETION, GenerationParams(stop=("Simple",))).run()
     assert result.text == "2 + 2 = 4." and "Simple" in result.reasoning
 
 
