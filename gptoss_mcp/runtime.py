@@ -184,10 +184,9 @@ class EngineRunner:
     async def _submit(self, work: _Work, on_progress: ProgressCallback | None) -> Any:
         await self.wait_ready(on_progress)
         with self._lock:
-            waiting = max(0, self._accepted - self.max_batch)  # beyond the batch
-            if waiting >= self.max_waiting and self._accepted >= self.max_batch:
-                raise Busy(f"the server is busy: {waiting} requests are already waiting (limit "
-                           f"{self.max_waiting}); try again later")
+            if self._accepted >= self.max_batch + self.max_waiting:  # the batch and the waiting room are full
+                raise Busy(f"the server is busy: {self._accepted - self.max_batch} requests are already waiting "
+                           f"(limit {self.max_waiting}); try again later")
             work.progress.ahead = max(0, self._accepted - self.max_batch + 1)
             self._accepted += 1
             self.requests_total += 1
