@@ -18,7 +18,7 @@ _HOMES = {
     "Engine": "engine.engine", "EngineOptions": "engine.engine",
     "REASONING_EFFORTS": "engine.harmony",
     "ChatMessage": "engine.messages", "FunctionTool": "engine.messages", "ToolCall": "engine.messages",
-    "ContextLimitError": "engine.kv_cache",
+    "ContextLimitError": "engine.kv_cache", "KVMemoryError": "engine.kv_cache",
     "TokenizerError": "engine.tokenizer",
 }
 __all__ = sorted(_HOMES)
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from engine.config import ConfigError, ModelConfig
     from engine.engine import Engine, EngineOptions
     from engine.harmony import REASONING_EFFORTS
-    from engine.kv_cache import ContextLimitError
+    from engine.kv_cache import ContextLimitError, KVMemoryError
     from engine.messages import ChatMessage, FunctionTool, ToolCall
     from engine.tokenizer import TokenizerError
 

@@ -1,7 +1,9 @@
 """Measures load time, memory, prompt processing and decode speed of one model directory.
 
 Random ordinary-text token ids are fed straight to the model (no tokenizer, no sampling beyond
-argmax), so the numbers are the engine's own. RSS is read from /proc (Linux).
+argmax), so the numbers are the engine's own; only the prefix-cache measurement goes through the
+chat path (harmony prompts, the scheduler), since that is where the cache works. RSS is read from
+/proc (Linux).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 import torch
 
 from engine import ops
+from engine.chat import GenerationParams
 from engine.engine import Engine
 from engine.weights import decode_bytes_per_token
 
@@ -45,12 +48,14 @@ def memory_read_gbps(nbytes: int = 1 << 30, repeats: int = 5) -> float:
 
 def run_benchmark(path: str | Path, prompt_tokens: Sequence[int] = (128, 512), gen_tokens: int = 32,
                   repeats: int = 3, threads: int | None = None, dtype: str = "bfloat16", device: str = "cpu",
-                  seed: int = 0, concurrency: Sequence[int] = ()) -> dict:
+                  seed: int = 0, concurrency: Sequence[int] = (), prefix_tokens: Sequence[int] = ()) -> dict:
     """Loads the model; for each prompt length prefills a fresh cache `repeats` times; then decodes
     `gen_tokens` greedily `repeats` times after the longest prompt, measuring the read bandwidth
     after each decode round. For each number of streams in `concurrency`, that many sequences
     (each after its own shortest-length prompt) decode `gen_tokens` together, one forward pass per
-    step as the server's scheduler runs them.
+    step as the server's scheduler runs them. For each length in `prefix_tokens`, the time to the
+    first token of a conversation's next turn, cold and resumed from the prefix cache its previous
+    turn left.
 
     The first prefill pages in the weights it touches (what a first request pays: reported as the
     cold time to first token); speeds are the best of the repeats, since a shared machine's noise
@@ -59,10 +64,10 @@ def run_benchmark(path: str | Path, prompt_tokens: Sequence[int] = (128, 512), g
     Returns:
         A JSON-ready dict of the measurements (seconds, tokens/s, bytes).
     """
-    prompt_tokens, concurrency = list(prompt_tokens), list(concurrency)
-    if not prompt_tokens or min(prompt_tokens + concurrency + [gen_tokens, repeats]) <= 0:
-        raise ValueError(f"prompt lengths, stream counts, gen_tokens and repeats must be positive, got "
-                         f"{prompt_tokens}, {concurrency}, {gen_tokens}, {repeats}")
+    prompt_tokens, concurrency, prefix_tokens = list(prompt_tokens), list(concurrency), list(prefix_tokens)
+    if not prompt_tokens or min(prompt_tokens + concurrency + prefix_tokens + [gen_tokens, repeats]) <= 0:
+        raise ValueError(f"prompt lengths, stream counts, prefix lengths, gen_tokens and repeats must be "
+                         f"positive, got {prompt_tokens}, {concurrency}, {prefix_tokens}, {gen_tokens}, {repeats}")
     if threads is not None:
         torch.set_num_threads(threads)
     rss_before = current_rss_bytes()
@@ -101,6 +106,7 @@ def run_benchmark(path: str | Path, prompt_tokens: Sequence[int] = (128, 512), g
             decode_seconds.append(time.perf_counter() - started)
             bandwidths.append(memory_read_gbps())
         streams = [_concurrent_decode(engine, n, min(prompt_tokens), gen_tokens, repeats, seed) for n in concurrency]
+    prefixes = [_next_turn(engine, n, repeats) for n in prefix_tokens]
 
     config = engine.config
     decode_speed = gen_tokens / min(decode_seconds)
@@ -134,6 +140,7 @@ def run_benchmark(path: str | Path, prompt_tokens: Sequence[int] = (128, 512), g
         "decode_ceiling_tokens_per_second": round(ceiling, 3),
         "decode_fraction_of_ceiling": round(decode_speed / ceiling, 3),
         "concurrency": streams,
+        "prefix_cache": prefixes,
     }
 
 
@@ -156,3 +163,39 @@ def _concurrent_decode(engine: Engine, streams: int, prompt_tokens: int, gen_tok
     best = min(seconds)
     return {"streams": streams, "aggregate_decode_tokens_per_second": round(streams * gen_tokens / best, 3),
             "per_stream_decode_tokens_per_second": round(gen_tokens / best, 3)}
+
+
+# Filler for conversations of a given length: ordinary prose, so that it tokenizes like a real one.
+_PROSE = ("The committee met on Tuesday to review the quarterly figures, and after a long discussion of "
+          "shipping delays, supplier prices and the new warehouse in the north, it agreed to revisit the "
+          "budget once the auditors had finished their work. ")
+
+
+def _next_turn(engine: Engine, tokens: int, repeats: int) -> dict:
+    """Time to first token of the next turn of a conversation whose previous turn's prompt has about
+    `tokens` tokens: cold (empty prefix cache) and resumed from what that turn left. Best of `repeats`."""
+    ids = engine.tokenizer.encode(_PROSE * (tokens // 40 + 1))
+    overhead = len(engine.render([{"role": "user", "content": ""}]))
+    history = [{"role": "user", "content": engine.tokenizer.decode(ids[:max(tokens - overhead, 1)])}]
+    follow_up = history + [{"role": "assistant", "content": "Noted: the budget waits for the auditors."},
+                           {"role": "user", "content": "Summarise the committee's decision in one sentence."}]
+    params = GenerationParams(max_tokens=1, temperature=0)
+    cold, warm = [], []
+    for _ in range(repeats):
+        engine.prefix_cache.clear()
+        cold.append(_time_to_first_token(engine, follow_up, params)[0])
+        engine.prefix_cache.clear()
+        engine.generate(history, params).run()  # the previous turn leaves its state behind
+        seconds, cached = _time_to_first_token(engine, follow_up, params)
+        warm.append(seconds)
+    prompt = len(engine.render(follow_up))
+    return {"previous_turn_tokens": len(engine.render(history)), "prompt_tokens": prompt, "cached_tokens": cached,
+            "cold_time_to_first_token_seconds": round(min(cold), 4),
+            "cached_time_to_first_token_seconds": round(min(warm), 4),
+            "cached_over_cold": round(min(warm) / min(cold), 4)}
+
+
+def _time_to_first_token(engine: Engine, messages: list[dict], params: GenerationParams) -> tuple[float, int]:
+    started = time.perf_counter()
+    result = engine.generate(messages, params).run()
+    return time.perf_counter() - started, result.usage.cached_tokens

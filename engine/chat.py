@@ -61,6 +61,7 @@ class GenerationStep:
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens resumed from the prefix cache rather than computed
 
     @property
     def total_tokens(self) -> int:
@@ -86,6 +87,7 @@ class Completion:
         self._parser, self._stops, self.prompt_tokens = parser, _StopStrings(params.stop), prompt_tokens
         self.tokens: list[int] = []
         self.ended = False
+        self.cached_tokens = 0
 
     def push(self, token: int) -> GenerationStep:
         self.tokens.append(token)
@@ -104,7 +106,7 @@ class Completion:
         parsed = self._parser.result()
         return GenerationResult(
             text=self._stops.cut(parsed.final), reasoning=parsed.analysis, tool_calls=parsed.tool_calls,
-            finish_reason=finish, usage=Usage(self.prompt_tokens, len(self.tokens)), completion_ids=self.tokens)
+            finish_reason=finish, usage=Usage(self.prompt_tokens, len(self.tokens), self.cached_tokens), completion_ids=self.tokens)
 
 
 class Generation:

@@ -22,6 +22,8 @@ from engine.harmony import HarmonyFormat
 from engine.messages import ChatMessage, FunctionTool
 from engine.kv_cache import ContextLimitError, KVCache
 from engine.model import Transformer
+from engine.memory import default_kv_budget_bytes, default_prefix_cache_mb
+from engine.prefix_cache import PrefixCache
 from engine.scheduler import Request, Scheduler
 from engine.tokenizer import Tokenizer
 from engine.weights import canonical_specs, parameter_count, read_weights
@@ -40,6 +42,8 @@ class EngineOptions:
     max_context: int | None = None  # None: the model's max_position_embeddings
     prefill_chunk: int = 512        # prompt tokens per forward pass; bounds activation memory
     embed_batch_tokens: int = 4096  # padded tokens per embedding forward pass
+    kv_cache_mb: int | None = None      # KV memory of running sequences; None: a share of the machine's
+    prefix_cache_mb: int | None = None  # KV kept for reuse across requests; 0 disables; None: default
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
@@ -50,6 +54,10 @@ class EngineOptions:
             raise ValueError(f"prefill_chunk must be positive, got {self.prefill_chunk}")
         if self.embed_batch_tokens <= 0:
             raise ValueError(f"embed_batch_tokens must be positive, got {self.embed_batch_tokens}")
+        if self.kv_cache_mb is not None and self.kv_cache_mb <= 0:
+            raise ValueError(f"kv_cache_mb must be positive, got {self.kv_cache_mb}")
+        if self.prefix_cache_mb is not None and self.prefix_cache_mb < 0:
+            raise ValueError(f"prefix_cache_mb must be >= 0 (0 disables the prefix cache), got {self.prefix_cache_mb}")
 
 
 class Engine:
@@ -58,23 +66,32 @@ class Engine:
         self.path, self.config, self.model, self.options, self.device = path, config, model, options, device
         self.max_context = min(options.max_context or config.max_position_embeddings,
                                config.max_position_embeddings)
+        self.kv_budget_bytes = (options.kv_cache_mb << 20 if options.kv_cache_mb is not None
+                                else default_kv_budget_bytes(device))
+        prefix_mb = options.prefix_cache_mb if options.prefix_cache_mb is not None else default_prefix_cache_mb()
+        self.prefix_cache = PrefixCache(prefix_mb << 20)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", dtype: str = "bfloat16", *,
              max_context: int | None = None, prefill_chunk: int = 512, embed_batch_tokens: int = 4096,
+             kv_cache_mb: int | None = None, prefix_cache_mb: int | None = None,
              on_step: Callable[[str], None] | None = None) -> Engine:
         """Loads a Hugging Face-layout model directory or its `original/` subdirectory.
 
         Dense weights are memory-mapped (and only copied when the compute dtype or device differs
         from the file); MXFP4 expert weights stay packed. `on_step` is told each step as it begins:
         "ops" (loads the C++ ops, compiled on a machine's first start) and "weights".
+        `kv_cache_mb` bounds the KV memory of running sequences (default: a quarter of the machine's
+        memory, or three quarters of the GPU's free memory); `prefix_cache_mb` the KV kept for reuse across
+        requests (default: 1 GiB or an eighth of the memory, whichever is less; 0 disables).
 
         Raises:
             ConfigError, CheckpointError: the message names the file and field or tensor.
             ValueError: bad device or dtype.
         """
         options = EngineOptions(device=device, dtype=dtype, max_context=max_context,
-                                prefill_chunk=prefill_chunk, embed_batch_tokens=embed_batch_tokens)
+                                prefill_chunk=prefill_chunk, embed_batch_tokens=embed_batch_tokens,
+                                kv_cache_mb=kv_cache_mb, prefix_cache_mb=prefix_cache_mb)
         path = Path(path)
         if not path.is_dir():
             raise CheckpointError(f"{path}: model directory not found")

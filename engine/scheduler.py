@@ -5,6 +5,11 @@ per-step token budget, the next chunk of the prompts still being prefilled: ever
 once for all of them (Transformer.forward_sequences). Up to `max_batch` sequences run; more wait
 in arrival order. Requests join and leave between steps; sampling, seeds, stop handling and
 cancellation stay per request. Thread-confined like the Engine: one thread submits and steps.
+
+Memory: each running sequence reserves the KV bytes of its prompt plus its longest reply, and the
+reservations never exceed the engine's KV budget (a request that could never fit is refused at
+submit; one that does not fit now waits). A sequence resumes from the engine's prefix cache where
+its prompt starts like an earlier sequence, and leaves its own state there when it ends.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from typing import Any
 import torch
 
 from engine.chat import Completion, FinishReason, GenerationParams, GenerationResult, GenerationStep
-from engine.kv_cache import KVCache
+from engine.harmony import CALL, END, RETURN
+from engine.kv_cache import KVCache, KVMemoryError
 from engine.messages import ChatMessage
+from engine.prefix_cache import RingSet
 from engine.sampling import Sampler
 
 logger = logging.getLogger(__name__)
@@ -45,12 +52,21 @@ class Request:
         return self.result is not None or self.error is not None
 
 
+_MESSAGE_ENDS = frozenset({END, CALL, RETURN})
+_REPLY_SNAPSHOTS = 4  # ring snapshots a reply may take at its own message ends (reserved up front)
+
+
 class _Sequence:
-    def __init__(self, request: Request, prompt: list[int], max_new_tokens: int, completion: Completion):
+    def __init__(self, request: Request, prompt: list[int], max_new_tokens: int, completion: Completion,
+                 reserved_bytes: int):
         self.request, self.completion, self.max_new_tokens = request, completion, max_new_tokens
+        self.prompt = prompt
         self.pending = prompt      # tokens not yet run through the model: the prompt, then the last sample
         self.sampler = Sampler(request.params.temperature, request.params.top_p, request.params.seed)
+        self.reserved_bytes = reserved_bytes
         self.cache: KVCache | None = None  # made when the sequence joins the batch
+        self.inherited: dict[int, RingSet] = {}  # ring snapshots of the prefix it resumed from
+        self.reply_snapshots = _REPLY_SNAPSHOTS
 
     @property
     def decoding(self) -> bool:
@@ -72,6 +88,7 @@ class Scheduler:
         self.step_tokens = step_tokens or engine.options.prefill_chunk
         self._waiting: collections.deque[_Sequence] = collections.deque()
         self._running: list[_Sequence] = []
+        self.reserved_bytes = 0  # of the running sequences; at most engine.kv_budget_bytes
 
     @property
     def active(self) -> int:
@@ -94,12 +111,22 @@ class Scheduler:
 
         Raises:
             ContextLimitError: the prompt leaves no room for a reply.
+            KVMemoryError: prompt and reply need more KV memory than the budget.
             ValueError: bad messages.
         """
         prompt, max_new = self.engine.prompt_for(request.messages, request.params)
+        tokens, marks = len(prompt) + max_new, sum(t in _MESSAGE_ENDS for t in prompt) + 2 + _REPLY_SNAPSHOTS
+        needed = KVCache.bytes_for(self.engine.config, self.engine.model.dtype, tokens, snapshots=marks)
+        budget = self.engine.kv_budget_bytes
+        if needed > budget:
+            raise KVMemoryError(
+                f"the request needs {needed / 2**20:.1f} MiB of KV cache ({len(prompt)} prompt tokens + "
+                f"{max_new} reply tokens) but the KV budget is {budget / 2**20:.1f} MiB: ask for fewer "
+                f"max_tokens, shorten the conversation, or raise the budget (--kv-cache-mb)")
         request.prompt_tokens = len(prompt)
         self._waiting.append(_Sequence(request, prompt, max_new,
-                                       Completion(self.engine.harmony.parser(), request.params, len(prompt))))
+                                       Completion(self.engine.harmony.parser(), request.params, len(prompt)),
+                                       needed))
 
     @torch.inference_mode()
     def step(self) -> None:
@@ -107,11 +134,9 @@ class Scheduler:
         requests get their result and leave."""
         for seq in [s for s in self._running + list(self._waiting) if s.request.should_cancel()]:
             self._finish(seq, "cancelled")
-        while self._waiting and len(self._running) < self.max_batch:
-            seq = self._waiting.popleft()
-            seq.cache = self.engine.new_cache()
-            seq.request.running = True
-            self._running.append(seq)
+        while (self._waiting and len(self._running) < self.max_batch
+               and self.reserved_bytes + self._waiting[0].reserved_bytes <= self.engine.kv_budget_bytes):
+            self._admit(self._waiting.popleft())
         batch = self._plan()
         if not batch:
             return
@@ -134,6 +159,23 @@ class Scheduler:
             seq.pending = seq.pending[n:]
         for seq, row_logits in zip(sampling, logits):
             self._advance(seq, row_logits)
+
+    def _admit(self, seq: _Sequence) -> None:
+        """Joins the batch: resumes from the longest cached prefix, marks where its rings are kept."""
+        cache = seq.cache = self.engine.new_cache(max_context=len(seq.prompt) + seq.max_new_tokens)
+        self.reserved_bytes += seq.reserved_bytes
+        prefix_cache = self.engine.prefix_cache
+        hit = prefix_cache.lookup(seq.prompt, sliding=bool(cache.sliding)) if prefix_cache.enabled else None
+        if hit is not None:
+            seq.inherited = prefix_cache.restore(hit, cache)
+            seq.pending = seq.prompt[hit.position:]
+            seq.completion.cached_tokens = hit.position
+        # Where conversations branch: after every message, and at the prompt's end (the next turn
+        # resumes there) and one before it (the same prompt again still runs its last token).
+        ends = {i + 1 for i, t in enumerate(seq.prompt) if t in _MESSAGE_ENDS}
+        cache.marks.update(p for p in ends | {len(seq.prompt) - 1, len(seq.prompt)} if p > cache.position)
+        seq.request.running = True
+        self._running.append(seq)
 
     def _plan(self) -> list[tuple[_Sequence, int]]:
         """(sequence, tokens it runs this step): one for each decoding sequence, then prefill chunks
@@ -165,9 +207,14 @@ class Scheduler:
             self._finish(seq, "length")
         else:
             seq.pending = [token]
+            if token in _MESSAGE_ENDS and seq.reply_snapshots:  # a message of the reply ends here
+                seq.reply_snapshots -= 1
+                seq.cache.marks.add(seq.cache.position + 1)
 
     def _finish(self, seq: _Sequence, reason: FinishReason) -> None:
         seq.request.result = seq.completion.result(reason)
+        if seq.cache is not None and self.engine.prefix_cache.enabled:
+            self.engine.prefix_cache.insert(seq.prompt + seq.completion.tokens, seq.cache, seq.inherited)
         self._remove(seq)
 
     def _fail(self, seq: _Sequence, error: Exception) -> None:
@@ -177,6 +224,8 @@ class Scheduler:
     def _remove(self, seq: _Sequence) -> None:
         if seq in self._running:
             self._running.remove(seq)
+            self.reserved_bytes -= seq.reserved_bytes
         else:
             self._waiting.remove(seq)
-        seq.cache = None  # its KV memory goes with it
+        seq.cache = None  # its KV memory goes with it (what the prefix cache kept stays there)
+        seq.inherited = {}

@@ -31,7 +31,7 @@ def _bench(args: argparse.Namespace) -> int:
     try:
         result = run_benchmark(args.model, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
                                repeats=args.repeats, threads=args.threads, dtype=args.dtype, device=args.device,
-                               concurrency=args.concurrency)
+                               concurrency=args.concurrency, prefix_tokens=args.prefix_tokens)
     except (CheckpointError, ConfigError) as e:
         logging.getLogger("gptoss_mcp").error("model failed to load: %s", e)
         return EXIT_MODEL_FAILED
@@ -85,6 +85,7 @@ def _serve(args: argparse.Namespace) -> int:
             port=args.port, device=args.device, dtype=args.dtype, threads=args.threads,
             reasoning_effort=args.reasoning_effort, max_context=args.max_context,
             max_tokens_limit=args.max_tokens_limit, max_batch=args.max_batch, max_waiting=args.max_waiting,
+            kv_cache_mb=args.kv_cache_mb, prefix_cache_mb=args.prefix_cache_mb,
             progress_interval=args.progress_interval,
             auth_token_file=args.auth_token_file, allow_origins=tuple(args.allow_origin),
             allow_hosts=tuple(args.allow_host))
@@ -163,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch", type=_positive_int, default=8, help="generations decoded together")
     serve.add_argument("--max-waiting", type=int, default=8,
                        help="requests waiting beyond the batch before 'busy'")
+    serve.add_argument("--kv-cache-mb", type=_positive_int, default=None,
+                       help="KV memory of running generations (default: a quarter of RAM, or 3/4 of free GPU memory)")
+    serve.add_argument("--prefix-cache-mb", type=int, default=None,
+                       help="KV memory kept for reuse across calls; 0 disables (default: 1024, or RAM/8 if less)")
     serve.add_argument("--progress-interval", type=float, default=1.0,
                        help="seconds between progress notifications (at most 2)")
     serve.add_argument("--auth-token-file", type=Path, default=None, help="require this bearer token (HTTP)")
@@ -185,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--gen-tokens", type=_positive_int, default=32, help="tokens per decode round")
     bench.add_argument("--concurrency", type=_positive_int, nargs="+", default=[], metavar="N",
                        help="also decode N greedy streams together, for each N given")
+    bench.add_argument("--prefix-tokens", type=_positive_int, nargs="+", default=[], metavar="N",
+                       help="also time the first token of a next turn after an N-token conversation, "
+                            "cold and from the prefix cache, for each N given")
     bench.add_argument("--repeats", type=_positive_int, default=3,
                        help="runs of each measurement; the best is reported (default: 3)")
     bench.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: all cores)")

@@ -24,7 +24,9 @@ def load_engine(settings: ServerSettings, report: Callable[[float, str], None]) 
         report(0.1, "preparing the demo model (built on the first start: a few seconds)")
     path = demo_model_dir() if settings.is_demo else Path(settings.model).expanduser()
     engine = Engine.load(path, device=settings.device, dtype="bfloat16" if settings.dtype == "auto" else settings.dtype,
-                         max_context=settings.max_context, on_step=lambda step: report(*_ENGINE_STEPS[step]))
+                         max_context=settings.max_context, kv_cache_mb=settings.kv_cache_mb,
+                         prefix_cache_mb=settings.prefix_cache_mb,
+                         on_step=lambda step: report(*_ENGINE_STEPS[step]))
     report(0.7, "loading the tokenizer")
     engine.harmony  # noqa: B018 - tokenizer and chat format now, not in the first request
     return engine

@@ -327,4 +327,7 @@ class EngineRunner:
             "active_sequences": scheduler.active if scheduler else 0,
             "max_batch": self.max_batch,
             "kv_bytes": scheduler.kv_bytes() if scheduler else 0,
+            "kv_budget_bytes": self.engine.kv_budget_bytes if self.engine else 0,
+            "prefix_cache": (self.engine.prefix_cache.stats() if self.engine
+                             else {"entries": 0, "bytes": 0, "hit_tokens_total": 0}),
         }

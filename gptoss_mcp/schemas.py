@@ -21,6 +21,7 @@ class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    cached_tokens: int = Field(default=0, description="Prompt tokens reused from the prefix cache (not recomputed).")
 
 
 class GenerateResult(BaseModel):

@@ -145,7 +145,7 @@ def build_server(settings: ServerSettings, runner: EngineRunner, **server_option
             finish_reason="stop" if result.finish_reason == "stop" else "length", reasoning_effort=effort,
             model=name,
             usage=Usage(prompt_tokens=result.usage.prompt_tokens, completion_tokens=result.usage.completion_tokens,
-                        total_tokens=result.usage.total_tokens))
+                        total_tokens=result.usage.total_tokens, cached_tokens=result.usage.cached_tokens))
 
     @mcp.tool(
         description=("Embed texts with the local gpt-oss model: the mean of its final hidden states over each "
@@ -199,6 +199,7 @@ def build_server(settings: ServerSettings, runner: EngineRunner, **server_option
             "max_tokens_limit": settings.max_tokens_limit, "default_max_tokens": settings.default_max_tokens,
             "max_embed_texts": settings.max_embed_texts, "max_embed_text_chars": settings.max_embed_text_chars,
             "max_batch": settings.max_batch, "max_waiting": settings.max_waiting, "transport": settings.transport,
+            "kv_cache_mb": settings.kv_cache_mb, "prefix_cache_mb": settings.prefix_cache_mb,
         })
 
     @mcp.resource("gptoss://status", name="status", mime_type="application/json",

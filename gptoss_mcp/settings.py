@@ -32,6 +32,8 @@ class ServerSettings:
     max_embed_text_chars: int = 32768
     max_batch: int = 8                  # generations decoded together
     max_waiting: int = 8                # requests waiting beyond the batch before "busy"
+    kv_cache_mb: int | None = None      # KV memory of running generations; None: the engine's default
+    prefix_cache_mb: int | None = None  # KV kept for reuse across calls; 0 disables; None: the default
     progress_interval: float = 1.0      # seconds between progress notifications of a running call
     auth_token_file: Path | None = None
     allow_origins: tuple[str, ...] = field(default_factory=tuple)
@@ -48,6 +50,10 @@ class ServerSettings:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 < self.progress_interval <= 2:
             raise ValueError(f"progress_interval must be in (0, 2] seconds, got {self.progress_interval}")
+        if self.kv_cache_mb is not None and self.kv_cache_mb <= 0:
+            raise ValueError(f"kv_cache_mb must be positive, got {self.kv_cache_mb}")
+        if self.prefix_cache_mb is not None and self.prefix_cache_mb < 0:
+            raise ValueError(f"prefix_cache_mb must be >= 0 (0 disables it), got {self.prefix_cache_mb}")
         if self.max_waiting < 0:
             raise ValueError(f"max_waiting must be >= 0, got {self.max_waiting}")
         if self.default_max_tokens > self.max_tokens_limit:

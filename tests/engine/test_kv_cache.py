@@ -55,3 +55,35 @@ def test_context_limit_error_gives_both_numbers():
     _step(cache, 8)
     with pytest.raises(ContextLimitError, match=r"8 cached \+ 3 new tokens > max_context 10"):
         cache.reserve(3)
+
+
+@pytest.mark.parametrize("mark", [3, 7, 12, 30])  # before, at and past the window of 7, and at a chunk's end
+def test_a_ring_snapshot_taken_mid_chunk_equals_the_ring_of_a_cache_stopped_there(mark):
+    config = preset_config("tiny-odd")
+    torch.manual_seed(0)
+    chunks = [torch.randn(1, 2, n, 24) for n in (9, 21)]  # positions 0..8 and 9..29
+    marked = KVCache(config, batch=1, dtype=torch.float32, device=torch.device("cpu"), max_context=64)
+    marked.marks.add(mark)
+    stopped = KVCache(config, batch=1, dtype=torch.float32, device=torch.device("cpu"), max_context=64)
+    for cache, limit in ((marked, 30), (stopped, mark)):
+        for chunk, first in zip(chunks, (0, 9)):
+            chunk = chunk[:, :, :max(0, limit - first)]
+            if chunk.shape[2]:
+                for layer in cache.sliding:
+                    layer.append(chunk, -chunk, torch.arange(first, first + chunk.shape[2]))
+    for layer, reference in zip(marked.sliding, stopped.sliding):
+        snapshot = layer.snapshots[mark]
+        held = reference.pos >= 0
+        assert torch.equal(snapshot.k[:, :, held], reference.k[:, :, held])
+        assert torch.equal(snapshot.v[:, :, held], reference.v[:, :, held])
+        fresh = SlidingWindowCache(1, 2, 24, 7, torch.float32, torch.device("cpu"))
+        fresh.load_snapshot(snapshot)
+        assert torch.equal(fresh.pos, reference.pos)
+
+
+def test_full_layers_never_grow_past_the_sequence_limit():
+    cache = KVCache(preset_config("tiny"), batch=1, dtype=torch.float32, device=torch.device("cpu"), max_context=100)
+    _step(cache, 70)
+    _step(cache, 30)
+    assert cache.full[0].k.shape[2] == 100 == cache.position
+    assert cache.nbytes() <= KVCache.bytes_for(preset_config("tiny"), torch.float32, 100)

@@ -185,7 +185,7 @@ def test_concurrent_generates_while_the_protocol_stays_responsive(target):
     anyio.run(main)
 
 
-def test_four_concurrent_generates_share_the_batch_and_every_counter_returns_to_zero(tiny_dir, cache_dir):
+def test_four_concurrent_generates_share_the_batch_every_counter_returns_to_zero_and_the_next_turn_is_cached(tiny_dir, cache_dir):
     with http_server(tiny_dir, cache_dir, "http") as (_, base):
 
         async def main():
@@ -213,5 +213,13 @@ def test_four_concurrent_generates_share_the_batch_and_every_counter_returns_to_
                 assert (status["requests_in_flight"], status["requests_waiting"], status["active_sequences"],
                         status["kv_bytes"]) == (0, 0, 0, 0), status
                 assert status["max_batch"] == 8
+                # The next turn of conversation 0 resumes from what its first turn left in the prefix cache.
+                turn = [{"role": "user", "content": "Request 0"},
+                        {"role": "assistant", "content": results[0]["text"]}, {"role": "user", "content": "Go on."}]
+                follow_up = _structured(await client.call_tool("generate", {"messages": turn, "max_tokens": 4}))
+                assert 0 < follow_up["usage"]["cached_tokens"] < follow_up["usage"]["prompt_tokens"], follow_up
+                cache = (await _read_json(client, "gptoss://status"))["prefix_cache"]
+                assert cache["entries"] >= 1 and cache["bytes"] > 0, cache
+                assert cache["hit_tokens_total"] >= follow_up["usage"]["cached_tokens"], cache
 
         anyio.run(main)
