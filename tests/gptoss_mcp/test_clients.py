@@ -135,8 +135,9 @@ def test_progress_then_cancellation_then_a_working_request(target, mode):
                 await started.wait()
                 tg.cancel_scope.cancel()  # abandons the request: the client sends notifications/cancelled
 
-            deadline = time.monotonic() + 10
-            while (status := await _read_json(client, "gptoss://status"))["requests_in_flight"]:
+            deadline = time.monotonic() + 10  # until the cancelled call has left (it may not have started yet)
+            while (status := await _read_json(client, "gptoss://status"))["requests_in_flight"] or \
+                    status["requests_waiting"]:
                 assert time.monotonic() < deadline, status
                 await anyio.sleep(0.1)
             tokens = status["tokens_generated_total"]
