@@ -13,6 +13,10 @@ TORCH_LIBRARY(gptoss, m) {
   // GQA attention with per-head sink logits and an optional sliding window; keys carry positions
   m.def("sdpa_sinks(Tensor q, Tensor k, Tensor v, Tensor sinks, float sm_scale, int sliding_window, "
         "Tensor q_pos, Tensor k_pos) -> Tensor");
+  // sdpa_sinks for several sequences at once: q [T, H, Dh] their tokens back to back (q_lengths),
+  // sequence i against its own k[i], v[i] [K, S_i, Dh] with positions k_pos[i]; out [T, H, Dh] float32
+  m.def("sdpa_sinks_varlen(Tensor q, Tensor[] k, Tensor[] v, Tensor sinks, float sm_scale, int sliding_window, "
+        "Tensor q_pos, Tensor[] k_pos, int[] q_lengths) -> Tensor");
   // MXFP4 blocks [.., nb, 16] + E8M0 scales [.., nb] -> values [.., nb·32] in dtype
   m.def("mxfp4_dequantize(Tensor blocks, Tensor scales, ScalarType dtype) -> Tensor");
   // the CPU kernel family used for work in dtype: amx, avx512_bf16, avx2 or portable (not a numeric op)

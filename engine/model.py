@@ -103,16 +103,18 @@ class AttentionBlock(nn.Module):
         ops.rope_(q, k, rope.cos_sin(int(positions.max()) + 1), positions)
         # The cache holds the compute dtype; the current token's key goes through it too, so that
         # prefill and step-by-step decoding see identical numbers.
-        outputs, start = [], 0
+        keys, values, key_pos, start = [], [], [], 0
         for cache, length in zip(caches, lengths):
             end, dtype = start + length, cache.k.dtype
-            keys, values, key_pos = cache.append(k[:, start:end].transpose(1, 2).to(dtype),
-                                                 v[:, start:end].transpose(1, 2).to(dtype),
-                                                 positions[start:end])  # [B, K, S, Dh]
-            outputs.append(ops.sdpa_sinks(q[:, start:end], keys, values, self.sinks, self.sm_scale, self.window,
-                                          positions[start:end], key_pos))
+            ks, vs, ps = cache.append(k[:, start:end].transpose(1, 2).to(dtype), v[:, start:end].transpose(1, 2).to(dtype),
+                                      positions[start:end])  # [B, K, S, Dh]
+            keys.append(ks), values.append(vs), key_pos.append(ps)
             start = end
-        o = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)  # [B, T, H, Dh]
+        if len(caches) == 1:
+            o = ops.sdpa_sinks(q, keys[0], values[0], self.sinks, self.sm_scale, self.window, positions, key_pos[0])
+        else:  # B == 1: one op call for every sequence, each against its own cache
+            o = ops.sdpa_sinks_varlen(q[0], [ks[0] for ks in keys], [vs[0] for vs in values], self.sinks,
+                                      self.sm_scale, self.window, positions, key_pos, lengths)  # [T, H, Dh]
         return self.o_proj(o.reshape(B, T, self.heads * self.head_dim))
 
 

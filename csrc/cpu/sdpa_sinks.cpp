@@ -332,47 +332,107 @@ void attend(const Problem<KT, VT>& P, int64_t b, int64_t kvh, int64_t qt, Scratc
   }
 }
 
+// Per key tile of one sequence, over its valid slots (k_pos ≥ 0): min and max position and whether
+// every slot is valid (Problem's tile_* point into it).
+struct KeyTiles {
+  std::vector<int64_t> lo, hi;
+  std::vector<uint8_t> dense;
+};
+
 template <typename KT, typename VT>
-void run(Problem<KT, VT>& P) {
-  const int64_t q_tiles = (P.T + P.tq - 1) / P.tq;
-  const int64_t tasks = P.B * P.K * q_tiles;
-  // Query tiles innermost, in the order 0, n−1, 1, n−2, ...: causal tiles grow in cost with their
-  // index, so any contiguous run of tasks (one thread's share) mixes cheap and expensive ones.
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    Scratch w(P.tq * P.G, P.Dh);
+void summarise_key_tiles(Problem<KT, VT>& P, KeyTiles& tiles) {
+  const int64_t n = (P.S + kKeyTile - 1) / kKeyTile;
+  tiles.lo.assign(n, std::numeric_limits<int64_t>::max());
+  tiles.hi.assign(n, std::numeric_limits<int64_t>::min());
+  tiles.dense.assign(n, 1);
+  for (int64_t j = 0; j < P.S; ++j) {
+    const int64_t p = P.k_pos[j], t = j / kKeyTile;
+    if (p < 0) {
+      tiles.dense[t] = 0;
+    } else {
+      tiles.lo[t] = std::min(tiles.lo[t], p);
+      tiles.hi[t] = std::max(tiles.hi[t], p);
+    }
+  }
+  P.tile_lo = tiles.lo.data(), P.tile_hi = tiles.hi.data(), P.tile_dense = tiles.dense.data();
+}
+
+// Runs every (problem, batch·kv head, query tile) task of several problems (the sequences of one
+// varlen call, or the one problem of a batched call) in one parallel loop.
+template <typename KT, typename VT>
+void run(const std::vector<Problem<KT, VT>>& problems) {
+  struct Task {
+    int64_t problem, bk, qt;
+  };
+  std::vector<Task> tasks;
+  int64_t rows = 1;
+  for (int64_t p = 0; p < static_cast<int64_t>(problems.size()); ++p) {
+    const Problem<KT, VT>& P = problems[p];
+    const int64_t q_tiles = (P.T + P.tq - 1) / P.tq;
+    rows = std::max(rows, P.tq * P.G);
+    // Query tiles in the order 0, n−1, 1, n−2, ...: causal tiles grow in cost with their index, so
+    // any contiguous run of tasks (one thread's share) mixes cheap and expensive ones.
+    for (int64_t bk = 0; bk < P.B * P.K; ++bk)
+      for (int64_t j = 0; j < q_tiles; ++j) tasks.push_back({p, bk, j % 2 == 0 ? j / 2 : q_tiles - 1 - j / 2});
+  }
+  if (tasks.empty()) return;
+  const int64_t Dh = problems[0].Dh;
+  at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t begin, int64_t end) {
+    Scratch w(rows, Dh);
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t j = i % q_tiles, bk = i / q_tiles;
-      const int64_t qt = j % 2 == 0 ? j / 2 : q_tiles - 1 - j / 2;
-      attend(P, bk / P.K, bk % P.K, qt, w);
+      const Task& t = tasks[i];
+      const Problem<KT, VT>& P = problems[t.problem];
+      attend(P, t.bk / P.K, t.bk % P.K, t.qt, w);
     }
   });
+}
+
+// q [B, T, H, Dh] float32 contiguous (rows of `out` alike); k, v [B, K, S, Dh] with a unit last stride.
+template <typename KT, typename VT>
+Problem<KT, VT> make_problem(const float* q, float* out, int64_t B, int64_t T, int64_t H, int64_t Dh,
+                             const at::Tensor& k, const at::Tensor& v, const float* sinks, double sm_scale,
+                             int64_t window, const int64_t* q_pos, const int64_t* k_pos) {
+  Problem<KT, VT> P;
+  P.B = B, P.T = T, P.H = H, P.Dh = Dh, P.K = k.size(1), P.S = k.size(2);
+  P.G = P.H / P.K, P.window = window, P.scale = static_cast<float>(sm_scale);
+  P.tq = std::max<int64_t>(1, std::min<int64_t>(P.T, (kRowTarget + P.G - 1) / P.G));
+  P.q = q, P.out = out, P.sinks = sinks;
+  P.k = k.data_ptr<KT>(), P.k_sb = k.stride(0), P.k_sh = k.stride(1), P.k_ss = k.stride(2);
+  P.v = v.data_ptr<VT>(), P.v_sb = v.stride(0), P.v_sh = v.stride(1), P.v_ss = v.stride(2);
+  P.q_pos = q_pos, P.k_pos = k_pos;
+  return P;
 }
 
 template <typename KT, typename VT>
 void dispatch(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& sinks, double sm_scale,
               int64_t window, const at::Tensor& q_pos, const at::Tensor& k_pos, at::Tensor& out) {
-  Problem<KT, VT> P;
-  P.B = q.size(0), P.T = q.size(1), P.H = q.size(2), P.Dh = q.size(3), P.K = k.size(1), P.S = k.size(2);
-  P.G = P.H / P.K, P.window = window, P.scale = static_cast<float>(sm_scale);
-  P.tq = std::max<int64_t>(1, std::min<int64_t>(P.T, (kRowTarget + P.G - 1) / P.G));
-  P.q = q.data_ptr<float>(), P.out = out.data_ptr<float>(), P.sinks = sinks.data_ptr<float>();
-  P.k = k.data_ptr<KT>(), P.k_sb = k.stride(0), P.k_sh = k.stride(1), P.k_ss = k.stride(2);
-  P.v = v.data_ptr<VT>(), P.v_sb = v.stride(0), P.v_sh = v.stride(1), P.v_ss = v.stride(2);
-  P.q_pos = q_pos.data_ptr<int64_t>(), P.k_pos = k_pos.data_ptr<int64_t>();
-  const int64_t tiles = (P.S + kKeyTile - 1) / kKeyTile;
-  std::vector<int64_t> lo(tiles, std::numeric_limits<int64_t>::max()), hi(tiles, std::numeric_limits<int64_t>::min());
-  std::vector<uint8_t> dense(tiles, 1);
-  for (int64_t j = 0; j < P.S; ++j) {
-    const int64_t p = P.k_pos[j], t = j / kKeyTile;
-    if (p < 0) {
-      dense[t] = 0;
-    } else {
-      lo[t] = std::min(lo[t], p);
-      hi[t] = std::max(hi[t], p);
-    }
+  std::vector<Problem<KT, VT>> problems{make_problem<KT, VT>(
+      q.data_ptr<float>(), out.data_ptr<float>(), q.size(0), q.size(1), q.size(2), q.size(3), k, v,
+      sinks.data_ptr<float>(), sm_scale, window, q_pos.data_ptr<int64_t>(), k_pos.data_ptr<int64_t>())};
+  KeyTiles tiles;
+  summarise_key_tiles(problems[0], tiles);
+  run(problems);
+}
+
+// Sequence i: rows [offset_i, offset_i + q_lengths[i]) of q [T, H, Dh] (float32 contiguous) against
+// ks[i], vs[i] [1, K, S_i, Dh] with positions k_pos[i] [S_i] (int64 contiguous).
+template <typename KT, typename VT>
+void dispatch_varlen(const at::Tensor& q, const std::vector<at::Tensor>& ks, const std::vector<at::Tensor>& vs,
+                     const at::Tensor& sinks, double sm_scale, int64_t window, const at::Tensor& q_pos,
+                     const std::vector<at::Tensor>& k_pos, at::IntArrayRef q_lengths, at::Tensor& out) {
+  const int64_t H = q.size(1), Dh = q.size(2), n = static_cast<int64_t>(ks.size());
+  std::vector<Problem<KT, VT>> problems;
+  std::vector<KeyTiles> tiles(n);  // sized up front: the problems point into it
+  int64_t offset = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t first = offset * H * Dh;
+    problems.push_back(make_problem<KT, VT>(q.data_ptr<float>() + first, out.data_ptr<float>() + first, 1,
+                                            q_lengths[i], H, Dh, ks[i], vs[i], sinks.data_ptr<float>(), sm_scale,
+                                            window, q_pos.data_ptr<int64_t>() + offset, k_pos[i].data_ptr<int64_t>()));
+    summarise_key_tiles(problems.back(), tiles[i]);
+    offset += q_lengths[i];
   }
-  P.tile_lo = lo.data(), P.tile_hi = hi.data(), P.tile_dense = dense.data();
-  run(P);
+  run(problems);
 }
 
 }  // namespace
@@ -427,6 +487,83 @@ at::Tensor sdpa_sinks_cpu(const at::Tensor& q, const at::Tensor& k, const at::Te
   return out;
 }
 
+
+// Several sequences in one call: q [T, H, Dh] holds their query tokens back to back (q_lengths, summing
+// to T; positions q_pos [T]); sequence i attends to its own keys k[i], v[i] [K, S_i, Dh] (any strides
+// with a unit last stride, so cache slices are read in place) with positions k_pos[i] [S_i]. Each
+// sequence's rows come out as sdpa_sinks gives them for that sequence alone; all (sequence, kv head,
+// query tile) tasks share one parallel loop.
+at::Tensor sdpa_sinks_varlen_cpu(const at::Tensor& q, at::TensorList k, at::TensorList v, const at::Tensor& sinks,
+                                 double sm_scale, int64_t sliding_window, const at::Tensor& q_pos,
+                                 at::TensorList k_pos, at::IntArrayRef q_lengths) {
+  GPTOSS_CHECK_DIM(q, 3);
+  GPTOSS_CHECK_DIM(sinks, 1);
+  GPTOSS_CHECK_DIM(q_pos, 1);
+  const int64_t T = q.size(0), H = q.size(1), Dh = q.size(2), n = static_cast<int64_t>(q_lengths.size());
+  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kBFloat16,
+              "q must be float32 or bfloat16, got ", q.scalar_type());
+  TORCH_CHECK(static_cast<int64_t>(k.size()) == n && static_cast<int64_t>(v.size()) == n &&
+                  static_cast<int64_t>(k_pos.size()) == n,
+              "k, v and k_pos must have one entry per sequence (", n, " q_lengths), got ", k.size(), ", ", v.size(),
+              " and ", k_pos.size());
+  int64_t total = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK(q_lengths[i] >= 0, "q_lengths[", i, "] is negative: ", q_lengths[i]);
+    total += q_lengths[i];
+  }
+  TORCH_CHECK(total == T, "q_lengths sum to ", total, " but q has ", T, " tokens");
+  TORCH_CHECK(q_pos.size(0) == T, "q_pos has ", q_pos.size(0), " entries but q has ", T, " tokens");
+  TORCH_CHECK(q_pos.scalar_type() == at::kLong || q_pos.scalar_type() == at::kInt,
+              "q_pos must be int64 or int32, got ", q_pos.scalar_type());
+  TORCH_CHECK(sinks.size(0) == H, "sinks has ", sinks.size(0), " entries but q has ", H, " heads");
+  for (const at::Tensor* t : {&sinks, &q_pos})
+    TORCH_CHECK(t->device() == q.device(), "q, sinks and q_pos must be on the same device");
+  std::vector<at::Tensor> ks, vs, kps;
+  for (int64_t i = 0; i < n; ++i) {
+    const at::Tensor &ki = k[i], &vi = v[i], &pi = k_pos[i];
+    TORCH_CHECK(ki.dim() == 3, "k[", i, "] must be [K, S, Dh], got ", ki.sizes());
+    TORCH_CHECK(ki.size(2) == Dh, "k[", i, "] must have head dim ", Dh, " (q's), got ", ki.sizes());
+    TORCH_CHECK(ki.size(0) > 0 && H % ki.size(0) == 0, "q has ", H, " heads, not a multiple of the ", ki.size(0),
+                " kv heads of k[", i, "]");
+    TORCH_CHECK(ki.size(0) == k[0].size(0), "k[", i, "] has ", ki.size(0), " kv heads but k[0] has ", k[0].size(0));
+    TORCH_CHECK(vi.sizes() == ki.sizes(), "v[", i, "] must have k[", i, "]'s shape ", ki.sizes(), ", got ",
+                vi.sizes());
+    TORCH_CHECK(ki.scalar_type() == k[0].scalar_type() && vi.scalar_type() == v[0].scalar_type(),
+                "every k (and every v) must have one dtype: k[", i, "] is ", ki.scalar_type(), ", v[", i, "] is ",
+                vi.scalar_type());
+    TORCH_CHECK(pi.dim() == 1 && pi.size(0) == ki.size(1), "k_pos[", i, "] must have ", ki.size(1),
+                " entries (k[", i, "]'s slots), got ", pi.sizes());
+    TORCH_CHECK(pi.scalar_type() == at::kLong || pi.scalar_type() == at::kInt, "k_pos[", i,
+                "] must be int64 or int32, got ", pi.scalar_type());
+    for (const at::Tensor* t : {&ki, &vi, &pi})
+      TORCH_CHECK(t->device() == q.device(), "k[", i, "], v[", i, "] and k_pos[", i, "] must be on q's device");
+    ks.push_back((ki.stride(2) == 1 ? ki : ki.contiguous()).unsqueeze(0));  // [1, K, S, Dh]
+    vs.push_back((vi.stride(2) == 1 ? vi : vi.contiguous()).unsqueeze(0));
+    kps.push_back(pi.to(at::kLong).contiguous());
+  }
+  at::Tensor out = at::empty({T, H, Dh}, q.options().dtype(at::kFloat));
+  if (out.numel() == 0) return out;
+  const at::ScalarType kt = k[0].scalar_type(), vt = v[0].scalar_type();
+  TORCH_CHECK(kt == at::kFloat || kt == at::kBFloat16, "k must be float32 or bfloat16, got ", kt);
+  TORCH_CHECK(vt == at::kFloat || vt == at::kBFloat16, "v must be float32 or bfloat16, got ", vt);
+  const at::Tensor qf = q.to(at::kFloat).contiguous(), sf = sinks.to(at::kFloat).contiguous();
+  const at::Tensor qp = q_pos.to(at::kLong).contiguous();
+  const int64_t w = sliding_window;
+  if (kt == at::kBFloat16 && vt == at::kBFloat16) {
+    dispatch_varlen<c10::BFloat16, c10::BFloat16>(qf, ks, vs, sf, sm_scale, w, qp, kps, q_lengths, out);
+  } else if (kt == at::kBFloat16) {
+    dispatch_varlen<c10::BFloat16, float>(qf, ks, vs, sf, sm_scale, w, qp, kps, q_lengths, out);
+  } else if (vt == at::kBFloat16) {
+    dispatch_varlen<float, c10::BFloat16>(qf, ks, vs, sf, sm_scale, w, qp, kps, q_lengths, out);
+  } else {
+    dispatch_varlen<float, float>(qf, ks, vs, sf, sm_scale, w, qp, kps, q_lengths, out);
+  }
+  return out;
+}
+
 }  // namespace gptoss
 
-TORCH_LIBRARY_IMPL(gptoss, CPU, m) { m.impl("sdpa_sinks", &gptoss::sdpa_sinks_cpu); }
+TORCH_LIBRARY_IMPL(gptoss, CPU, m) {
+  m.impl("sdpa_sinks", &gptoss::sdpa_sinks_cpu);
+  m.impl("sdpa_sinks_varlen", &gptoss::sdpa_sinks_varlen_cpu);
+}

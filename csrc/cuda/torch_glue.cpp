@@ -131,28 +131,12 @@ void rope_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos_s
   rotate_in_place(k, table, pos);
 }
 
-at::Tensor sdpa_sinks_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& sinks,
-                           double sm_scale, int64_t sliding_window, const at::Tensor& q_pos,
-                           const at::Tensor& k_pos) {
-  GPTOSS_CHECK_DIM(q, 4);
-  GPTOSS_CHECK_DIM(k, 4);
-  TORCH_CHECK(v.sizes() == k.sizes(), "v must have k's shape ", k.sizes(), ", got ", v.sizes());
+// Launches the attention of q [B, T, H, Dh] against k, v [B, K, S, Dh] (shapes checked by the caller),
+// writing out [B, T, H, Dh] float32 (contiguous, possibly rows of a larger output).
+void attend_into(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& sinks,
+                 double sm_scale, int64_t sliding_window, const at::Tensor& q_pos, const at::Tensor& k_pos,
+                 at::Tensor& out) {
   const int64_t B = q.size(0), T = q.size(1), H = q.size(2), Dh = q.size(3), K = k.size(1), S = k.size(2);
-  TORCH_CHECK(k.size(0) == B && k.size(3) == Dh, "k must be [", B, ", K, S, ", Dh, "] for q ", q.sizes(), ", got ",
-              k.sizes());
-  TORCH_CHECK(K > 0 && H % K == 0, "the ", H, " query heads must be a multiple of the ", K, " kv heads");
-  TORCH_CHECK(sinks.numel() == H, "sinks must have ", H, " entries (query heads), got ", sinks.numel());
-  TORCH_CHECK(q_pos.dim() == 1 && q_pos.size(0) == T, "q_pos must be [", T, "], got ", q_pos.sizes());
-  TORCH_CHECK(k_pos.dim() == 1 && k_pos.size(0) == S, "k_pos must be [", S, "], got ", k_pos.sizes());
-  TORCH_CHECK(k.scalar_type() == v.scalar_type(), "k and v must have one dtype, got ", k.scalar_type(), " and ",
-              v.scalar_type());
-  GPTOSS_CHECK_CUDA(q);
-  GPTOSS_CHECK_SAME_DEVICE(q, k);
-  GPTOSS_CHECK_SAME_DEVICE(q, v);
-  GPTOSS_CHECK_SAME_DEVICE(q, sinks);
-  GPTOSS_CHECK_SAME_DEVICE(q, q_pos);
-  GPTOSS_CHECK_SAME_DEVICE(q, k_pos);
-  const c10::cuda::OptionalCUDAGuard guard(q.device());
   // Any strides are fine except along head_dim: the full-attention cache passes k[:, :, :S] of a
   // longer buffer, which the kernels read in place.
   const at::Tensor qc = q.stride(3) == 1 ? q : q.contiguous();
@@ -160,7 +144,6 @@ at::Tensor sdpa_sinks_cuda(const at::Tensor& q, const at::Tensor& k, const at::T
   const at::Tensor vc = v.stride(3) == 1 ? v : v.contiguous();
   const at::Tensor sk = sinks.to(at::kFloat).contiguous();
   const at::Tensor qp = q_pos.to(at::kLong).contiguous(), kp = k_pos.to(at::kLong).contiguous();
-  at::Tensor out = at::empty({B, T, H, Dh}, q.options().dtype(at::kFloat));
   SdpaSinksArgs args{};
   args.q = qc.data_ptr();
   args.k = kc.data_ptr();
@@ -197,6 +180,82 @@ at::Tensor sdpa_sinks_cuda(const at::Tensor& q, const at::Tensor& k, const at::T
     args.workspace = workspace.data_ptr<float>();
   }
   check_launch(launch_sdpa_sinks(args, current_stream()), "sdpa_sinks");
+}
+
+at::Tensor sdpa_sinks_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& sinks,
+                           double sm_scale, int64_t sliding_window, const at::Tensor& q_pos,
+                           const at::Tensor& k_pos) {
+  GPTOSS_CHECK_DIM(q, 4);
+  GPTOSS_CHECK_DIM(k, 4);
+  TORCH_CHECK(v.sizes() == k.sizes(), "v must have k's shape ", k.sizes(), ", got ", v.sizes());
+  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), Dh = q.size(3), K = k.size(1), S = k.size(2);
+  TORCH_CHECK(k.size(0) == B && k.size(3) == Dh, "k must be [", B, ", K, S, ", Dh, "] for q ", q.sizes(), ", got ",
+              k.sizes());
+  TORCH_CHECK(K > 0 && H % K == 0, "the ", H, " query heads must be a multiple of the ", K, " kv heads");
+  TORCH_CHECK(sinks.numel() == H, "sinks must have ", H, " entries (query heads), got ", sinks.numel());
+  TORCH_CHECK(q_pos.dim() == 1 && q_pos.size(0) == T, "q_pos must be [", T, "], got ", q_pos.sizes());
+  TORCH_CHECK(k_pos.dim() == 1 && k_pos.size(0) == S, "k_pos must be [", S, "], got ", k_pos.sizes());
+  TORCH_CHECK(k.scalar_type() == v.scalar_type(), "k and v must have one dtype, got ", k.scalar_type(), " and ",
+              v.scalar_type());
+  GPTOSS_CHECK_CUDA(q);
+  GPTOSS_CHECK_SAME_DEVICE(q, k);
+  GPTOSS_CHECK_SAME_DEVICE(q, v);
+  GPTOSS_CHECK_SAME_DEVICE(q, sinks);
+  GPTOSS_CHECK_SAME_DEVICE(q, q_pos);
+  GPTOSS_CHECK_SAME_DEVICE(q, k_pos);
+  const c10::cuda::OptionalCUDAGuard guard(q.device());
+  at::Tensor out = at::empty({B, T, H, Dh}, q.options().dtype(at::kFloat));
+  attend_into(q, k, v, sinks, sm_scale, sliding_window, q_pos, k_pos, out);
+  return out;
+}
+
+// sdpa_sinks for several sequences (see csrc/registration.cpp): one launch per sequence, each writing
+// its rows of the shared output, queued on one stream without host synchronisation. (A single launch
+// over all sequences, as the CPU kernel does, is not written yet.)
+at::Tensor sdpa_sinks_varlen_cuda(const at::Tensor& q, at::TensorList k, at::TensorList v, const at::Tensor& sinks,
+                                  double sm_scale, int64_t sliding_window, const at::Tensor& q_pos,
+                                  at::TensorList k_pos, at::IntArrayRef q_lengths) {
+  GPTOSS_CHECK_DIM(q, 3);
+  const int64_t T = q.size(0), H = q.size(1), Dh = q.size(2), n = static_cast<int64_t>(q_lengths.size());
+  TORCH_CHECK(static_cast<int64_t>(k.size()) == n && static_cast<int64_t>(v.size()) == n &&
+                  static_cast<int64_t>(k_pos.size()) == n,
+              "k, v and k_pos must have one entry per sequence (", n, " q_lengths), got ", k.size(), ", ", v.size(),
+              " and ", k_pos.size());
+  int64_t total = 0;
+  for (const int64_t length : q_lengths) {
+    TORCH_CHECK(length >= 0, "q_lengths has a negative entry: ", length);
+    total += length;
+  }
+  TORCH_CHECK(total == T, "q_lengths sum to ", total, " but q has ", T, " tokens");
+  TORCH_CHECK(q_pos.dim() == 1 && q_pos.size(0) == T, "q_pos must be [", T, "], got ", q_pos.sizes());
+  TORCH_CHECK(sinks.numel() == H, "sinks must have ", H, " entries (query heads), got ", sinks.numel());
+  GPTOSS_CHECK_CUDA(q);
+  GPTOSS_CHECK_SAME_DEVICE(q, sinks);
+  GPTOSS_CHECK_SAME_DEVICE(q, q_pos);
+  const c10::cuda::OptionalCUDAGuard guard(q.device());
+  at::Tensor out = at::empty({T, H, Dh}, q.options().dtype(at::kFloat));
+  int64_t start = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const at::Tensor &ki = k[i], &vi = v[i], &pi = k_pos[i];
+    TORCH_CHECK(ki.dim() == 3 && ki.size(2) == Dh, "k[", i, "] must be [K, S, ", Dh, "], got ", ki.sizes());
+    TORCH_CHECK(ki.size(0) > 0 && H % ki.size(0) == 0, "the ", H, " query heads must be a multiple of the ",
+                ki.size(0), " kv heads of k[", i, "]");
+    TORCH_CHECK(vi.sizes() == ki.sizes(), "v[", i, "] must have k[", i, "]'s shape ", ki.sizes(), ", got ",
+                vi.sizes());
+    TORCH_CHECK(ki.scalar_type() == vi.scalar_type(), "k[", i, "] and v[", i, "] must have one dtype");
+    TORCH_CHECK(pi.dim() == 1 && pi.size(0) == ki.size(1), "k_pos[", i, "] must be [", ki.size(1), "], got ",
+                pi.sizes());
+    GPTOSS_CHECK_SAME_DEVICE(q, ki);
+    GPTOSS_CHECK_SAME_DEVICE(q, vi);
+    GPTOSS_CHECK_SAME_DEVICE(q, pi);
+    const int64_t length = q_lengths[i];
+    if (length > 0) {
+      at::Tensor rows = out.narrow(0, start, length).unsqueeze(0);  // [1, length, H, Dh], contiguous
+      attend_into(q.narrow(0, start, length).unsqueeze(0), ki.unsqueeze(0), vi.unsqueeze(0), sinks, sm_scale,
+                  sliding_window, q_pos.narrow(0, start, length), pi, rows);
+    }
+    start += length;
+  }
   return out;
 }
 
@@ -332,6 +391,7 @@ TORCH_LIBRARY_IMPL(gptoss, CUDA, m) {
   m.impl("rms_norm", &gptoss::rms_norm_cuda);
   m.impl("rope_", &gptoss::rope_cuda);
   m.impl("sdpa_sinks", &gptoss::sdpa_sinks_cuda);
+  m.impl("sdpa_sinks_varlen", &gptoss::sdpa_sinks_varlen_cuda);
   m.impl("mxfp4_dequantize", &gptoss::mxfp4_dequantize_cuda);
   m.impl("moe_mxfp4", &gptoss::moe_mxfp4_cuda);
 }

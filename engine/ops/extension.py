@@ -141,6 +141,11 @@ def sdpa_sinks(q, k, v, sinks, sm_scale, sliding_window, q_pos, k_pos):
     return torch.ops.gptoss.sdpa_sinks.default(q, k, v, sinks, sm_scale, sliding_window, q_pos, k_pos)
 
 
+def sdpa_sinks_varlen(q, k, v, sinks, sm_scale, sliding_window, q_pos, k_pos, q_lengths):
+    return torch.ops.gptoss.sdpa_sinks_varlen.default(q, k, v, sinks, sm_scale, sliding_window, q_pos, k_pos,
+                                                      q_lengths)
+
+
 def mxfp4_dequantize(blocks, scales, dtype):
     return torch.ops.gptoss.mxfp4_dequantize.default(blocks, scales, dtype)
 
@@ -180,6 +185,10 @@ def _register_fakes() -> None:
 
     @register("gptoss::sdpa_sinks")
     def _(q, k, v, sinks, sm_scale, sliding_window, q_pos, k_pos):
+        return q.new_empty(q.shape, dtype=torch.float32)
+
+    @register("gptoss::sdpa_sinks_varlen")
+    def _(q, k, v, sinks, sm_scale, sliding_window, q_pos, k_pos, q_lengths):
         return q.new_empty(q.shape, dtype=torch.float32)
 
     @register("gptoss::mxfp4_dequantize")

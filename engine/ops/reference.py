@@ -88,6 +88,32 @@ def sdpa_sinks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.T
     return out.permute(0, 3, 1, 2, 4).reshape(B, T, H, Dh)
 
 
+def sdpa_sinks_varlen(q: torch.Tensor, k: list[torch.Tensor], v: list[torch.Tensor], sinks: torch.Tensor,
+                      sm_scale: float, sliding_window: int, q_pos: torch.Tensor, k_pos: list[torch.Tensor],
+                      q_lengths: list[int]) -> torch.Tensor:
+    """sdpa_sinks for several sequences in one call, each against its own keys.
+
+    Args:
+        q: [T, H, Dh], the query tokens of len(q_lengths) sequences back to back (q_lengths sum to T).
+        k, v: per sequence [K, S_i, Dh].
+        q_pos: [T]; k_pos: per sequence [S_i].
+    Returns:
+        [T, H, Dh] float32: sequence i's rows as sdpa_sinks gives them for it alone.
+    """
+    if len(k) != len(q_lengths) or len(v) != len(q_lengths) or len(k_pos) != len(q_lengths):
+        raise ValueError(f"k, v and k_pos must have one entry per sequence ({len(q_lengths)} q_lengths), "
+                         f"got {len(k)}, {len(v)} and {len(k_pos)}")
+    if sum(q_lengths) != q.shape[0]:
+        raise ValueError(f"q_lengths sum to {sum(q_lengths)} but q has {q.shape[0]} tokens")
+    out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    start = 0
+    for ki, vi, pi, n in zip(k, v, k_pos, q_lengths):
+        out[start:start + n] = sdpa_sinks(q[None, start:start + n], ki[None], vi[None], sinks, sm_scale,
+                                          sliding_window, q_pos[start:start + n], pi)[0]
+        start += n
+    return out
+
+
 def mxfp4_dequantize(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Decodes MXFP4: blocks [..., nb, 16] uint8 and E8M0 scales [..., nb] -> [..., nb·32] in dtype.
 

@@ -1,6 +1,7 @@
 """The CUDA kernels (csrc/cuda): every .cu file compiles with nvcc for sm_80 and sm_90a without torch
-headers (runs wherever nvcc is on PATH, GPU or not), and on a CUDA device each op matches the
-reference on small, odd-sized inputs and passes opcheck."""
+headers, and the torch glue (torch_glue.cpp) compiles against torch's headers (both run wherever
+nvcc is on PATH, GPU or not); on a CUDA device each op matches the reference on small, odd-sized
+inputs and passes opcheck."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ CSRC = Path(__file__).resolve().parents[3] / "csrc"
 CU_FILES = sorted((CSRC / "cuda").glob("*.cu"))
 ARCHS = ("sm_80", "sm_90a")
 OPS = ("linear", "rms_norm", "rope_", "sdpa_sinks", "mxfp4_dequantize", "moe_mxfp4")
+GLUE_OPS = ("sdpa_sinks_varlen",)  # host code in torch_glue.cpp around the kernels above
 NVCC = shutil.which("nvcc")
 
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
@@ -64,6 +66,44 @@ def test_compiles_with_nvcc(nvcc_results, name, arch):
     assert returncode == 0, f"nvcc -arch={arch} {name} failed after {seconds:.1f}s:\n{output}"
 
 
+# A CPU torch wheel ships the c10/ATen CUDA headers but not the file its CUDA build generates, and this
+# toolkit has no cuBLAS/cuSPARSE/cuSOLVER headers: ATen only names their handle and status types.
+_GLUE_STUBS = {
+    "c10/cuda/impl/cuda_cmake_macros.h": "#define C10_CUDA_BUILD_SHARED_LIBS\n",
+    "cublas_v2.h": "typedef struct cublasContext* cublasHandle_t;\ntypedef int cublasStatus_t;\n",
+    "cublasLt.h": "typedef struct cublasLtContext* cublasLtHandle_t;\n",
+    "cusparse.h": "typedef struct cusparseContext* cusparseHandle_t;\ntypedef int cusparseStatus_t;\n",
+    "cusolverDn.h": "typedef struct cusolverDnContext* cusolverDnHandle_t;\n",
+    "cusolver_common.h": "typedef int cusolverStatus_t;\n",
+}
+
+
+def _cuda_include_dirs() -> list[str]:
+    """The toolkit's include directories, as nvcc itself reports them."""
+    dry = subprocess.run([NVCC, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+                         capture_output=True, text=True, timeout=60)
+    line = next(ln for ln in dry.stderr.splitlines() if "INCLUDES=" in ln)
+    return [flag[2:] for flag in line.split('"')[1].split() if flag.startswith("-I")]
+
+
+@needs_nvcc
+@pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not on PATH")
+def test_torch_glue_compiles_against_torch_headers(tmp_path):
+    import sysconfig
+
+    from torch.utils.cpp_extension import include_paths
+
+    for name, text in _GLUE_STUBS.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    includes = [*include_paths(), *_cuda_include_dirs(), sysconfig.get_paths()["include"], str(CSRC)]
+    if not torch.cuda.is_available():  # a CUDA torch has the real headers; the stubs only fill gaps
+        includes.append(str(tmp_path))
+    cmd = ["g++", "-std=c++17", "-fsyntax-only", *(f"-I{d}" for d in includes), str(CSRC / "cuda" / "torch_glue.cpp")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
 # --------------------------------------------------------------------------------------------------
 # Correctness on a GPU: the op on CUDA tensors against the reference on CPU copies of the same inputs
 # (float32 everywhere, no TF32), so the comparison does not depend on the GPU's own matmul settings.
@@ -74,7 +114,8 @@ CUDA = torch.device("cuda")
 
 @pytest.fixture(scope="module")
 def ops(extension):
-    missing = [op for op in OPS if not torch._C._dispatch_has_kernel_for_dispatch_key(f"gptoss::{op}", "CUDA")]
+    missing = [op for op in OPS + GLUE_OPS
+               if not torch._C._dispatch_has_kernel_for_dispatch_key(f"gptoss::{op}", "CUDA")]
     assert not missing, (f"no CUDA kernel for {missing}: engine/ops/extension.py must build csrc/cuda/*.cu and "
                          "csrc/cuda/torch_glue.cpp when torch has CUDA")
     return extension
@@ -198,6 +239,23 @@ def test_sdpa_sinks_rows_without_keys_are_zero(ops, T):
     for k_pos in (torch.full((12,), -1), torch.arange(12) + 1000):  # all empty; all in the future
         got = ops.sdpa_sinks(*on_cuda(q, k, v, sinks), 0.3, 0, *on_cuda(q_pos, k_pos))
         assert torch.equal(got.cpu(), torch.zeros(1, T, 4, 8))
+
+
+@needs_cuda
+@pytest.mark.parametrize("lengths", [[1, 1, 1], [1, 6, 0, 1]])
+def test_sdpa_sinks_varlen(ops, lengths):
+    # Each sequence its own strided cache slice (k[:, :, :S] of a longer buffer) and window.
+    seqs = [sdpa_case(1, T, 4, 2, 9 + 5 * i, 8, empty=2, seed=7 + i) for i, T in enumerate(lengths)]
+    sinks = seqs[0][3]
+    q = torch.cat([s[0][0] for s in seqs])
+    q_pos = torch.cat([s[4] for s in seqs])
+    ks = [torch.cat((s[1][0], torch.zeros(2, 4, 8)), dim=1).to(CUDA)[:, :s[1].shape[2]] for s in seqs]
+    vs = [torch.cat((s[2][0], torch.zeros(2, 4, 8)), dim=1).to(CUDA)[:, :s[2].shape[2]] for s in seqs]
+    got = ops.sdpa_sinks_varlen(*on_cuda(q), ks, vs, *on_cuda(sinks), 0.3, 6, *on_cuda(q_pos),
+                                on_cuda(*[s[5] for s in seqs]), lengths)
+    want = reference.sdpa_sinks_varlen(q, [s[1][0] for s in seqs], [s[2][0] for s in seqs], sinks, 0.3, 6, q_pos,
+                                       [s[5] for s in seqs], lengths)
+    assert_close(got, want, 1e-4, 2e-5)
 
 
 @needs_cuda
