@@ -106,7 +106,8 @@ class Completion:
         parsed = self._parser.result()
         return GenerationResult(
             text=self._stops.cut(parsed.final), reasoning=parsed.analysis, tool_calls=parsed.tool_calls,
-            finish_reason=finish, usage=Usage(self.prompt_tokens, len(self.tokens), self.cached_tokens), completion_ids=self.tokens)
+            finish_reason=finish, usage=Usage(self.prompt_tokens, len(self.tokens), self.cached_tokens),
+            completion_ids=self.tokens)
 
 
 class Generation:

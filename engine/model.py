@@ -106,9 +106,11 @@ class AttentionBlock(nn.Module):
         keys, values, key_pos, start = [], [], [], 0
         for cache, length in zip(caches, lengths):
             end, dtype = start + length, cache.k.dtype
-            ks, vs, ps = cache.append(k[:, start:end].transpose(1, 2).to(dtype), v[:, start:end].transpose(1, 2).to(dtype),
-                                      positions[start:end])  # [B, K, S, Dh]
-            keys.append(ks), values.append(vs), key_pos.append(ps)
+            ks, vs, ps = cache.append(k[:, start:end].transpose(1, 2).to(dtype),
+                                      v[:, start:end].transpose(1, 2).to(dtype), positions[start:end])  # [B, K, S, Dh]
+            keys.append(ks)
+            values.append(vs)
+            key_pos.append(ps)
             start = end
         if len(caches) == 1:
             o = ops.sdpa_sinks(q, keys[0], values[0], self.sinks, self.sm_scale, self.window, positions, key_pos[0])
