@@ -56,7 +56,8 @@ class PrefixCache:
         self._entries: list[PrefixEntry] = []
         self._clock = itertools.count(1)
         self.bytes = 0
-        self.hit_tokens_total = 0
+        self.hit_tokens_total = 0     # prompt tokens resumed from the cache
+        self.prompt_tokens_total = 0  # prompt tokens of every request that looked
 
     @property
     def entries(self) -> int:
@@ -66,8 +67,21 @@ class PrefixCache:
     def enabled(self) -> bool:
         return self.budget_bytes > 0
 
-    def stats(self) -> dict[str, int]:
-        return {"entries": self.entries, "bytes": self.bytes, "hit_tokens_total": self.hit_tokens_total}
+    def stats(self) -> dict[str, int | float]:
+        looked = self.prompt_tokens_total
+        return {"entries": self.entries, "bytes": self.bytes, "budget_bytes": self.budget_bytes,
+                "hit_tokens_total": self.hit_tokens_total, "prompt_tokens_total": looked,
+                "hit_rate": round(self.hit_tokens_total / looked, 4) if looked else 0.0}
+
+    def resume(self, prompt: Sequence[int], cache: KVCache) -> tuple[int, dict[int, RingSet]]:
+        """Fills an empty cache from the longest usable cached prefix of `prompt` and counts the
+        lookup: the position reached (0 on a miss) and the ring snapshots to share (see restore)."""
+        self.prompt_tokens_total += len(prompt)
+        hit = self.lookup(prompt, sliding=bool(cache.sliding))
+        if hit is None:
+            return 0, {}
+        self.hit_tokens_total += hit.position
+        return hit.position, self.restore(hit, cache)
 
     def lookup(self, prompt: Sequence[int], sliding: bool) -> PrefixHit | None:
         """The entry to resume `prompt` from, furthest first (then most recently used), or None."""
@@ -79,8 +93,8 @@ class PrefixCache:
         return best
 
     def restore(self, hit: PrefixHit, cache: KVCache) -> dict[int, RingSet]:
-        """Fills an empty cache with the hit's first `position` tokens and counts the hit; returns the
-        entry's ring snapshots up to there, which the sequence's own entry will share."""
+        """Fills an empty cache with the hit's first `position` tokens; returns the entry's ring
+        snapshots up to there, which the sequence's own entry will share."""
         P, entry = hit.position, hit.entry
         for layer, (k, v) in zip(cache.full, entry.full):
             layer.load_prefix(k[:, :, :P], v[:, :, :P])
@@ -89,7 +103,6 @@ class PrefixCache:
                 layer.load_snapshot(snapshot)
         cache.position = P
         entry.last_used = next(self._clock)
-        self.hit_tokens_total += P
         return {p: rings for p, rings in entry.rings.items() if p <= P}
 
     def insert(self, tokens: Sequence[int], cache: KVCache, inherited: dict[int, RingSet]) -> None:

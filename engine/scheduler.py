@@ -164,12 +164,10 @@ class Scheduler:
         """Joins the batch: resumes from the longest cached prefix, marks where its rings are kept."""
         cache = seq.cache = self.engine.new_cache(max_context=len(seq.prompt) + seq.max_new_tokens)
         self.reserved_bytes += seq.reserved_bytes
-        prefix_cache = self.engine.prefix_cache
-        hit = prefix_cache.lookup(seq.prompt, sliding=bool(cache.sliding)) if prefix_cache.enabled else None
-        if hit is not None:
-            seq.inherited = prefix_cache.restore(hit, cache)
-            seq.pending = seq.prompt[hit.position:]
-            seq.completion.cached_tokens = hit.position
+        if self.engine.prefix_cache.enabled:
+            cached, seq.inherited = self.engine.prefix_cache.resume(seq.prompt, cache)
+            seq.pending = seq.prompt[cached:]
+            seq.completion.cached_tokens = cached
         # Where conversations branch: after every message, and at the prompt's end (the next turn
         # resumes there) and one before it (the same prompt again still runs its last token).
         ends = {i + 1 for i, t in enumerate(seq.prompt) if t in _MESSAGE_ENDS}

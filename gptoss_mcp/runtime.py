@@ -60,6 +60,10 @@ class Progress:
     text: str = ""
 
 
+# gptoss://status's prefix_cache before the engine (and its PrefixCache.stats) exists.
+_NO_PREFIX_CACHE = {"entries": 0, "bytes": 0, "budget_bytes": 0, "hit_tokens_total": 0, "prompt_tokens_total": 0,
+                    "hit_rate": 0.0}
+
 ProgressCallback = Callable[[Progress], Awaitable[None]]
 
 
@@ -328,6 +332,5 @@ class EngineRunner:
             "max_batch": self.max_batch,
             "kv_bytes": scheduler.kv_bytes() if scheduler else 0,
             "kv_budget_bytes": self.engine.kv_budget_bytes if self.engine else 0,
-            "prefix_cache": (self.engine.prefix_cache.stats() if self.engine
-                             else {"entries": 0, "bytes": 0, "hit_tokens_total": 0}),
+            "prefix_cache": self.engine.prefix_cache.stats() if self.engine else _NO_PREFIX_CACHE,
         }
