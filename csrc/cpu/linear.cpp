@@ -91,88 +91,12 @@ inline void dot_rows(const float* x, int64_t rows, int64_t in, const W* w, float
   }
 }
 
-#if GPTOSS_AVX2
-// y[n] and y[n + 1·ldy'] for NB rows of x against two rows of W (w0, w1): the x vector loaded for
-// one row is used for both, so a step of 8 values costs 2 + NB loads for 2·NB multiply-adds instead
-// of 1 + NB for NB. With a few rows of x the one-row kernel is bound by its x loads, not by memory.
-template <int NB, int U, typename W>
-inline void dot_row_pair(const float* x, int64_t ldx, const W* w0, const W* w1, int64_t in, float b0, float b1,
-                         float* y0, float* y1, int64_t ldy) {
-  __m256 acc[2][NB][U];
-  for (int r = 0; r < 2; ++r)
-    for (int n = 0; n < NB; ++n)
-      for (int u = 0; u < U; ++u) acc[r][n][u] = _mm256_setzero_ps();
-  int64_t k = 0;
-  for (; k + 8 * U <= in; k += 8 * U) {
-    for (int u = 0; u < U; ++u) {
-      const __m256 wa = load8(w0 + k + 8 * u), wb = load8(w1 + k + 8 * u);
-      for (int n = 0; n < NB; ++n) {
-        const __m256 xv = _mm256_loadu_ps(x + n * ldx + k + 8 * u);
-        acc[0][n][u] = _mm256_fmadd_ps(xv, wa, acc[0][n][u]);
-        acc[1][n][u] = _mm256_fmadd_ps(xv, wb, acc[1][n][u]);
-      }
-    }
-  }
-  float sum[2][NB];
-  for (int r = 0; r < 2; ++r)
-    for (int n = 0; n < NB; ++n) {
-      for (int u = 1; u < U; ++u) acc[r][n][0] = _mm256_add_ps(acc[r][n][0], acc[r][n][u]);
-      sum[r][n] = hsum(acc[r][n][0]);
-    }
-  for (; k < in; ++k) {  // the tail after the last full step
-    const float wa = to_float(w0[k]), wb = to_float(w1[k]);
-    for (int n = 0; n < NB; ++n) {
-      sum[0][n] += x[n * ldx + k] * wa;
-      sum[1][n] += x[n * ldx + k] * wb;
-    }
-  }
-  for (int n = 0; n < NB; ++n) {
-    y0[n * ldy] = sum[0][n] + b0;
-    y1[n * ldy] = sum[1][n] + b1;
-  }
-}
-
-// All rows of x (two or more) against two rows of W; 8 accumulators in flight (enough for 2 FMA
-// pipes of latency 4) in every case.
-template <typename W>
-inline void dot_rows_pair(const float* x, int64_t rows, int64_t in, const W* w0, const W* w1, float b0, float b1,
-                          float* y0, float* y1, int64_t ldy) {
-  int64_t n = 0;
-  for (; n + 4 <= rows; n += 4) dot_row_pair<4, 1>(x + n * in, in, w0, w1, in, b0, b1, y0 + n * ldy, y1 + n * ldy, ldy);
-  switch (rows - n) {
-    case 1: dot_row_pair<1, 4>(x + n * in, in, w0, w1, in, b0, b1, y0 + n * ldy, y1 + n * ldy, ldy); break;
-    case 2: dot_row_pair<2, 2>(x + n * in, in, w0, w1, in, b0, b1, y0 + n * ldy, y1 + n * ldy, ldy); break;
-    case 3: dot_row_pair<3, 1>(x + n * in, in, w0, w1, in, b0, b1, y0 + n * ldy, y1 + n * ldy, ldy); break;
-    default: break;
-  }
-}
-#endif
-
-// The streaming path: threads take contiguous ranges of output rows; with two or more rows of x, W
-// rows go in fixed pairs (2i, 2i + 1) (see dot_row_pair), so each output is summed the same way
-// whatever the number of threads.
+// The streaming path: threads take contiguous ranges of output rows.
 template <typename W>
 void linear_stream(const float* x, int64_t rows, int64_t in, const W* w, int64_t ldw, int64_t out_features,
                    const float* bias, float* y) {
   const int64_t row_bytes = std::max<int64_t>(1, in * static_cast<int64_t>(sizeof(W)));
   const int64_t grain = std::max<int64_t>(1, kMinTaskBytes / row_bytes);
-#if GPTOSS_AVX2
-  if (rows >= 2) {
-    const int64_t pairs = (out_features + 1) / 2;
-    at::parallel_for(0, pairs, std::max<int64_t>(1, grain / 2), [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t j = 2 * i;
-        if (j + 1 < out_features) {
-          dot_rows_pair(x, rows, in, w + j * ldw, w + (j + 1) * ldw, bias ? bias[j] : 0.0f,
-                        bias ? bias[j + 1] : 0.0f, y + j, y + j + 1, out_features);
-        } else {
-          dot_rows(x, rows, in, w + j * ldw, bias ? bias[j] : 0.0f, y + j, out_features);
-        }
-      }
-    });
-    return;
-  }
-#endif
   at::parallel_for(0, out_features, grain, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j)
       dot_rows(x, rows, in, w + j * ldw, bias ? bias[j] : 0.0f, y + j, out_features);
