@@ -68,3 +68,39 @@ def test_compare_llama_cpp_example_interleaves_rounds_and_divides_best_by_best(t
     assert ours["decode"] == max(r["gptoss_mcp"]["tokens_per_second"]["decode"] for r in report["rounds"]) > 0
     assert report["ratio"] == {"prompt_6": round(ours["prompt_6"] / 4.0, 3),
                                "prompt_9": round(ours["prompt_9"] / 4.0, 3), "decode": round(ours["decode"], 3)}
+
+
+# Stands in for llama.cpp's llama-batched-bench: answers `--output-format jsonl` in its format with
+# fixed speeds (aggregate decode speed_tg = 3·N, except a slower first run) and logs its arguments.
+LLAMA_BATCHED_BENCH_STAND_IN = '''
+import json, os, sys
+log_path = sys.argv[0] + ".log"
+first = not os.path.exists(log_path)
+with open(log_path, "a") as log:
+    log.write(" ".join(sys.argv[1:]) + "\\n")
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+for n in map(int, args["-npl"].split(",")):
+    print(json.dumps({"pp": int(args["-npp"]), "tg": int(args["-ntg"]), "pl": n, "speed_tg": (1.0 if first else 3.0) * n}))
+'''
+
+
+def test_compare_llama_batched_example_interleaves_rounds_and_divides_best_by_best(tiny_dir, tmp_path):
+    stand_in = tmp_path / "llama-batched-bench"
+    stand_in.write_text(f"#!{sys.executable}\n{LLAMA_BATCHED_BENCH_STAND_IN}")
+    stand_in.chmod(0o755)
+    command = [sys.executable, str(EXAMPLES / "compare_llama_batched.py"), "--model", str(tiny_dir), "--gguf",
+               "m.gguf", "--llama-batched-bench", str(stand_in), "--parallel", "1", "3", "--prompt-tokens", "7",
+               "--gen-tokens", "2", "--repeats", "1", "--rounds", "2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "GPTOSS_CACHE_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert len(report["rounds"]) == 2
+    assert (tmp_path / "llama-batched-bench.log").read_text().splitlines() == [
+        "-m m.gguf -t 2 -c 27 -b 2048 -ub 512 -npp 7 -ntg 2 -npl 1,3 --output-format jsonl"] * 2
+    best = report["best_aggregate_decode_tokens_per_second"]
+    assert best["llama_cpp"] == {"1": 3.0, "3": 9.0}  # the better round of the two
+    ours = best["gptoss_mcp"]
+    assert ours["3"] == max(r["gptoss_mcp"]["3"] for r in report["rounds"]) > 0
+    assert report["ratio"] == {"1": round(ours["1"] / 3.0, 3), "3": round(ours["3"] / 9.0, 3)}
+    assert report["scaling_over_one"]["llama_cpp"] == {"1": 1.0, "3": 3.0}
