@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import anyio
@@ -224,3 +225,26 @@ def test_four_concurrent_generates_share_the_batch_every_counter_returns_to_zero
                 assert cache["hit_tokens_total"] >= follow_up["usage"]["cached_tokens"], cache
 
         anyio.run(main)
+
+
+def test_kv_budget_and_prefix_cache_flags_over_stdio(tiny_dir, cache_dir):
+    # The tiny model's KV cache takes 128 bytes per token (bf16): 1 MiB holds about 8000 positions.
+    params = stdio_params(tiny_dir, cache_dir, "--kv-cache-mb", "1", "--prefix-cache-mb", "0",
+                          "--max-context", "100000", "--max-tokens-limit", "20000")
+
+    async def main():
+        async with client_for("stdio", params, "auto") as client:
+            refused = await client.call_tool("generate", {"prompt": "Hi", "max_tokens": 20000})
+            assert refused.is_error, refused.content
+            assert re.search(r"needs [\d.]+ MiB of KV cache \(\d+ prompt tokens \+ 20000 reply tokens\) but the "
+                             r"KV budget is 1.0 MiB", refused.content[0].text), refused.content[0].text
+            for _ in range(2):  # the same prompt twice: nothing is cached with the prefix cache off
+                out = _structured(await client.call_tool("generate", {"prompt": "Hi", "max_tokens": 3}))
+                assert out["usage"]["cached_tokens"] == 0
+            status = await _read_json(client, "gptoss://status")
+            assert status["kv_budget_bytes"] == 1 << 20 and status["kv_bytes"] == 0
+            assert status["prefix_cache"]["entries"] == 0 and status["prefix_cache"]["budget_bytes"] == 0
+            settings = await _read_json(client, "gptoss://settings")
+            assert (settings["kv_cache_mb"], settings["prefix_cache_mb"]) == (1, 0)
+
+    anyio.run(main)
