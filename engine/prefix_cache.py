@@ -31,14 +31,16 @@ class PrefixEntry:
     rings: dict[int, RingSet]                 # position -> the sliding layers' rings there
     last_used: int = 0
     full_bytes: int = field(init=False)
+    ids: torch.Tensor = field(init=False, repr=False)  # tokens as int64, for fast comparison
 
     def __post_init__(self) -> None:
         self.full_bytes = sum(k.nbytes + v.nbytes for k, v in self.full)
+        self.ids = torch.tensor(self.tokens, dtype=torch.long)
 
-    def resume_point(self, prompt: Sequence[int], sliding: bool) -> int:
-        """The furthest position where a request with this prompt can resume from the entry; it
-        always leaves the prompt's last token to run (its logits give the first reply token)."""
-        limit = min(_common_prefix(self.tokens, prompt), len(prompt) - 1)
+    def resume_point(self, prompt: torch.Tensor, sliding: bool) -> int:
+        """The furthest position where a request with this prompt (int64 ids) can resume from the
+        entry; it always leaves the prompt's last token to run (its logits give the first token)."""
+        limit = min(_common_prefix(self.ids, prompt), len(prompt) - 1)
         if not sliding:
             return limit
         return max((p for p in self.rings if p <= limit), default=0)
@@ -86,6 +88,7 @@ class PrefixCache:
     def lookup(self, prompt: Sequence[int], sliding: bool) -> PrefixHit | None:
         """The entry to resume `prompt` from, furthest first (then most recently used), or None."""
         best: PrefixHit | None = None
+        prompt = torch.as_tensor(prompt, dtype=torch.long)
         for entry in self._entries:
             point = entry.resume_point(prompt, sliding)
             if point > 0 and (best is None or (point, entry.last_used) > (best.position, best.entry.last_used)):
@@ -148,10 +151,8 @@ def _bytes(entries: list[PrefixEntry]) -> int:
     return sum(e.full_bytes for e in entries) + sum(snapshots.values())
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+def _common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
     n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    x = torch.tensor(a[:n]) != torch.tensor(b[:n])
-    return int(x.nonzero()[0]) if x.any() else n
+    differ = (a[:n] != b[:n]).nonzero()
+    return int(differ[0]) if len(differ) else n
 
