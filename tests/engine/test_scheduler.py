@@ -4,9 +4,12 @@ mid-batch and a failing request; nothing is left behind."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from engine import GenerationParams
+from engine.prefix_cache import PrefixCache
 from engine.scheduler import Request, Scheduler
 
 CONVERSATIONS = [  # rendered prompts of different lengths, all longer than the tiny model's window (8)
@@ -91,3 +94,24 @@ def test_submit_rejects_what_cannot_run(text_engine):
     with pytest.raises(ValueError, match="max_batch must be at least 1"):
         Scheduler(text_engine, max_batch=0)
     assert scheduler.idle
+
+
+def test_a_prompt_arriving_while_another_decodes_runs_in_small_chunks(text_engine, monkeypatch):
+    monkeypatch.setattr(text_engine, "prefix_cache", PrefixCache(0))  # every prompt token is computed
+    steps: dict[str, list[int]] = {"a": [], "b": []}
+    step = 0
+    requests = {name: Request(CONVERSATIONS[i], GenerationParams(max_tokens=40, temperature=0),
+                              on_step=lambda s, name=name: steps[name].append(step))
+                for name, i in (("a", 0), ("b", 1))}
+    scheduler = Scheduler(text_engine, step_tokens=512, decoding_step_tokens=8)
+    scheduler.submit(requests["a"])
+    scheduler.step()  # a's whole prompt in one chunk: nothing else was decoding
+    assert steps["a"] == [0]
+    scheduler.submit(requests["b"])
+    while not requests["b"].done:
+        step += 1
+        scheduler.step()
+    # b joins at step 1 beside a's decoding: 7 of the 8 tokens of each step are b's prompt.
+    assert steps["b"][0] == 1 + math.ceil(requests["b"].prompt_tokens / 7) - 1
+    assert len(steps["a"]) > steps["b"][0]  # a decoded a token at every one of those steps
+    assert steps["a"][:steps["b"][0] + 1] == list(range(steps["b"][0] + 1))
