@@ -48,18 +48,20 @@ class FullAttentionCache:
         k_pos = torch.arange(end, device=positions.device)
         return self.k[:, :, :end], self.v[:, :, :end], k_pos
 
-    def load_prefix(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Starts the cache as k/v [B, K, P, Dh] (copied): positions 0..P-1 of another sequence."""
+    def load_prefix(self, ks: list[torch.Tensor], vs: list[torch.Tensor]) -> None:
+        """Starts the cache as positions 0..P-1 of another sequence, given in consecutive pieces
+        k/v [B, K, n, Dh] (copied)."""
         self.length = 0
-        self._grow(k.shape[2])
-        self.k[:, :, :k.shape[2]] = k
-        self.v[:, :, :k.shape[2]] = v
-        self.length = k.shape[2]
+        self._grow(sum(k.shape[2] for k in ks))
+        for k, v in zip(ks, vs):
+            end = self.length + k.shape[2]
+            self.k[:, :, self.length:end] = k
+            self.v[:, :, self.length:end] = v
+            self.length = end
 
-    def prefix(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The stored keys and values [B, K, length, Dh], in tensors of exactly that size."""
-        k, v = self.k[:, :, :self.length], self.v[:, :, :self.length]
-        return (k, v) if self.length == self.k.shape[2] else (k.clone(), v.clone())
+    def positions(self, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of the keys and values [B, K, end-start, Dh] of positions start..end-1."""
+        return self.k[:, :, start:end].clone(), self.v[:, :, start:end].clone()
 
     def _grow(self, needed: int) -> None:
         slots = max(self.k.shape[2], 1)

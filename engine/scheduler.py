@@ -25,7 +25,7 @@ from engine.chat import Completion, FinishReason, GenerationParams, GenerationRe
 from engine.harmony import CALL, END, RETURN
 from engine.kv_cache import KVCache, KVMemoryError
 from engine.messages import ChatMessage
-from engine.prefix_cache import RingSet
+from engine.prefix_cache import SharedPrefix
 from engine.sampling import Sampler
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class _Sequence:
         self.sampler = Sampler(request.params.temperature, request.params.top_p, request.params.seed)
         self.reserved_bytes = reserved_bytes
         self.cache: KVCache | None = None  # made when the sequence joins the batch
-        self.inherited: dict[int, RingSet] = {}  # ring snapshots of the prefix it resumed from
+        self.shared = SharedPrefix()  # the cached prefix it resumed from
         self.reply_snapshots = _REPLY_SNAPSHOTS
 
     @property
@@ -176,9 +176,9 @@ class Scheduler:
         cache = seq.cache = self.engine.new_cache(max_context=len(seq.prompt) + seq.max_new_tokens)
         self.reserved_bytes += seq.reserved_bytes
         if self.engine.prefix_cache.enabled:
-            cached, seq.inherited = self.engine.prefix_cache.resume(seq.prompt, cache)
-            seq.pending = seq.prompt[cached:]
-            seq.completion.cached_tokens = cached
+            seq.shared = self.engine.prefix_cache.resume(seq.prompt, cache)
+            seq.pending = seq.prompt[seq.shared.position:]
+            seq.completion.cached_tokens = seq.shared.position
         # Where conversations branch: after every message, and at the prompt's end (the next turn
         # resumes there) and one before it (the same prompt again still runs its last token).
         ends = {i + 1 for i, t in enumerate(seq.prompt) if t in _MESSAGE_ENDS}
@@ -223,7 +223,7 @@ class Scheduler:
     def _finish(self, seq: _Sequence, reason: FinishReason) -> None:
         seq.request.result = seq.completion.result(reason)
         if seq.cache is not None and self.engine.prefix_cache.enabled:
-            self.engine.prefix_cache.insert(seq.prompt + seq.completion.tokens, seq.cache, seq.inherited)
+            self.engine.prefix_cache.insert(seq.prompt + seq.completion.tokens, seq.cache, seq.shared)
         self._remove(seq)
 
     def _fail(self, seq: _Sequence, error: Exception) -> None:
@@ -237,4 +237,4 @@ class Scheduler:
         else:
             self._waiting.remove(seq)
         seq.cache = None  # its KV memory goes with it (what the prefix cache kept stays there)
-        seq.inherited = {}
+        seq.shared = SharedPrefix()

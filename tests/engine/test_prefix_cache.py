@@ -67,6 +67,26 @@ def test_the_next_turn_resumes_where_the_previous_prompt_ended(engine, monkeypat
     assert stats["hit_rate"] == round(len(prompt_1) / (len(prompt_1) + len(prompt_2)), 4)
 
 
+def test_turns_share_their_common_keys_and_a_third_turn_resumes_across_segments(engine, monkeypatch):
+    engine.generate(TURN_1, GREEDY).run()
+    engine.generate(TURN_2, GREEDY).run()
+    both = engine.prefix_cache
+    assert both.entries == 2  # turn 1's entry holds its reply's reasoning, which turn 2 dropped
+    turn_3 = TURN_2 + [{"role": "assistant", "content": "Rome."}, {"role": "user", "content": "And Spain's?"}]
+    prompt_2, prompt_3 = _prompt(engine, TURN_2), _prompt(engine, turn_3)
+    assert prompt_3[:len(prompt_2)] == prompt_2
+    position, logits = _resumed_logits(engine, prompt_3)  # from turn 2's entry: two segments
+    assert position == len(prompt_2)
+    assert (logits - engine.logits(prompt_3)[-1]).abs().max().item() <= TOLERANCE["tiny"]
+    alone = []
+    for messages in (TURN_1, TURN_2):  # each turn's entry made cold, in a cache of its own
+        monkeypatch.setattr(engine, "prefix_cache", PrefixCache(64 << 20))
+        engine.generate(messages, GREEDY).run()
+        alone.append(engine.prefix_cache.bytes)
+    # Turn 2's entry shares turn 1's keys of the first prompt instead of holding a copy.
+    assert max(alone) <= both.bytes < sum(alone)
+
+
 def test_the_same_prompt_again_runs_only_its_last_token(engine, monkeypatch):
     sampled = GenerationParams(max_tokens=10, temperature=1.0, seed=5)
     first = engine.generate(TURN_1, sampled).run()
@@ -105,15 +125,14 @@ def test_a_cancelled_request_leaves_its_prefix_behind(engine):
 
 def test_eviction_keeps_the_budget_least_recently_used_first(engine):
     other = [{"role": "user", "content": "Something else entirely, and no system message this time."}]
-    sizes = []
-    for messages in (TURN_1, other):  # each entry's size, alone
-        engine.prefix_cache = PrefixCache(64 << 20)
+    engine.prefix_cache = PrefixCache(64 << 20)
+    for messages in (TURN_1, other):
         engine.generate(messages, GREEDY).run()
-        sizes.append(engine.prefix_cache.bytes)
-    engine.prefix_cache = cache = PrefixCache(max(sizes) + min(sizes) // 2)  # room for one of them
+    both = engine.prefix_cache.bytes
+    engine.prefix_cache = cache = PrefixCache(both - 1)  # one byte short of keeping both
     engine.generate(TURN_1, GREEDY).run()
     engine.generate(other, GREEDY).run()
-    assert cache.entries == 1 and cache.bytes == sizes[1] <= cache.budget_bytes
+    assert cache.entries == 1 and 0 < cache.bytes <= cache.budget_bytes
     # The older one went: TURN_1 now resumes only where it agrees with the other (harmony's system message).
     prompt_1, prompt_other = _prompt(engine, TURN_1), _prompt(engine, other)
     shared = next(i for i, (a, b) in enumerate(zip(prompt_1, prompt_other)) if a != b)
