@@ -113,7 +113,7 @@ def test_empty_and_zero_width(extension):
     assert extension.linear(torch.randn(2, 5), torch.randn(0, 5), None).shape == (2, 0)
 
 
-@pytest.mark.parametrize("rows", [1, 3, 130])
+@pytest.mark.parametrize("rows", [1, 2, 3, 130])
 def test_two_threads_match_one(extension, rows, intra_op_threads):
     # Output rows are split between threads; each one's sum is computed the same way either way.
     g = torch.Generator().manual_seed(rows)
