@@ -2,9 +2,9 @@
 //
 // Few rows of x (decoding): memory-bound, so each weight row is streamed once by an AVX2+FMA kernel
 // that widens bf16 to fp32 on the fly into a few accumulators per x row and reduces them
-// horizontally at the end; both threads stream disjoint ranges of output rows. With one or two rows
-// of x each thread reads its range as four sub-ranges in lockstep (more memory streams in flight);
-// with three to eight, one W row after another (the x loads bound the kernel there, not memory).
+// horizontally at the end; both threads stream disjoint ranges of output rows, each range read as
+// four (one or two rows of x) or two (three to eight) sub-ranges in lockstep: more memory streams in
+// flight, and each x vector loaded serves several W rows.
 // Many rows of x (prompts): compute-bound, so blocks of W rows are widened to fp32 into a buffer
 // that stays in cache and multiplied with at::mm (sgemm); float32 weights go to at::mm directly.
 // On CPUs with AVX-512 BF16, bf16 weights are multiplied by vdpbf16ps straight from their bf16 rows
@@ -16,6 +16,7 @@
 #include <c10/util/accumulate.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "../check.h"
@@ -29,7 +30,7 @@ namespace {
 // Rows of x up to which the streaming kernel beats widening + sgemm (measured on the 2-core AVX2 box,
 // see the crossover in the report: bf16 [201088, 2880] and [5120, 2880]).
 constexpr int64_t kStreamMaxRows = 8;
-// x rows sharing one pass over a W row (the row is re-read from L1 for the next group).
+// x rows sharing one pass over a W row in the AVX-512 BF16 streaming kernel.
 constexpr int kRowGroup = 4;
 // Each thread's share of W must be large enough to amortise the fork (bytes of weights per task).
 constexpr int64_t kMinTaskBytes = 1 << 18;
@@ -44,69 +45,30 @@ inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 inline __m256 load8(const c10::BFloat16* p) { return load_bf16x8(p); }
 #endif
 
-// y[n] = Σ_k x[n, k]·w[k] + bias for NB rows of x (stride ldx) and one row of W, with U independent
-// accumulators per x row over consecutive vectors of k, the W row read front to back. (Tiles of 4
-// interleaved W rows reached about 75% of the bandwidth of this; 4 rows far apart, each its own
-// stream, reach more: dot_streams.)
-template <int NB, int U, typename W>
-inline void dot_row(const float* x, int64_t ldx, const W* w, int64_t in, float bias, float* y, int64_t ldy) {
-  float sum[NB];
-  int64_t k = 0;
-#if GPTOSS_AVX2
-  __m256 acc[NB][U];
-  for (int n = 0; n < NB; ++n)
-    for (int u = 0; u < U; ++u) acc[n][u] = _mm256_setzero_ps();
-  for (; k + 8 * U <= in; k += 8 * U) {
-    for (int u = 0; u < U; ++u) {
-      const __m256 wv = load8(w + k + 8 * u);
-      for (int n = 0; n < NB; ++n) acc[n][u] = _mm256_fmadd_ps(_mm256_loadu_ps(x + n * ldx + k + 8 * u), wv, acc[n][u]);
-    }
-  }
-  for (; k + 8 <= in; k += 8) {
-    const __m256 wv = load8(w + k);
-    for (int n = 0; n < NB; ++n) acc[n][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x + n * ldx + k), wv, acc[n][0]);
-  }
-  for (int n = 0; n < NB; ++n) {
-    for (int u = 1; u < U; ++u) acc[n][0] = _mm256_add_ps(acc[n][0], acc[n][u]);
-    sum[n] = hsum(acc[n][0]);
-  }
-#else
-  for (int n = 0; n < NB; ++n) sum[n] = 0.0f;
-#endif
-  for (; k < in; ++k) {  // the tail after the last full vector (or everything, without AVX2)
-    const float wv = to_float(w[k]);
-    for (int n = 0; n < NB; ++n) sum[n] += x[n * ldx + k] * wv;
-  }
-  for (int n = 0; n < NB; ++n) y[n * ldy] = sum[n] + bias;
-}
-
-// All rows of x against one row of W.
+#if !GPTOSS_AVX2
+// Without AVX2 (a build for a CPU that lacks it): y[n] = Σ_k x[n, k]·w[k] + bias for every row of x
+// against one row of W.
 template <typename W>
 inline void dot_rows(const float* x, int64_t rows, int64_t in, const W* w, float bias, float* y, int64_t ldy) {
-  int64_t n = 0;
-  for (; n + kRowGroup <= rows; n += kRowGroup) dot_row<kRowGroup, 2>(x + n * in, in, w, in, bias, y + n * ldy, ldy);
-  switch (rows - n) {
-    case 1: dot_row<1, 4>(x + n * in, in, w, in, bias, y + n * ldy, ldy); break;
-    case 2: dot_row<2, 2>(x + n * in, in, w, in, bias, y + n * ldy, ldy); break;
-    case 3: dot_row<3, 2>(x + n * in, in, w, in, bias, y + n * ldy, ldy); break;
-    default: break;
+  for (int64_t n = 0; n < rows; ++n) {
+    float sum = 0.0f;
+    for (int64_t k = 0; k < in; ++k) sum += x[n * in + k] * to_float(w[k]);
+    y[n * ldy] = sum + bias;
   }
 }
+#endif
 
 #if GPTOSS_AVX2
-// NB rows of x against kRowStreams rows of W far apart (one per sub-range of a thread's range, read
-// in lockstep): more memory streams in flight read more of the bandwidth than one row after another
-// (on the 2-core AVX2 EPYC a bf16 [201088, 2880] matrix: 48 GB/s against 30). U accumulators per
-// (stream, x row); a row's sum does not depend on which stream or thread computes it. y[s] advances
-// by ldy[s] per x row.
-constexpr int kRowStreams = 4;
-constexpr int64_t kStreamsMaxRows = 2;  // beyond, the kernel runs out of registers; dot_rows takes over
-
-template <int NB, int U, typename W>
+// NB rows of x against S rows of W far apart (one per sub-range of a thread's range, read in
+// lockstep): more memory streams in flight read more of the bandwidth than one row after another
+// (on the 2-core AVX2 EPYC a bf16 [201088, 2880] matrix: 48 GB/s against 30 with one row of x),
+// and each x vector loaded serves S rows of W. U accumulators per (stream, x row); a row's sum does
+// not depend on which stream or thread computes it. y[s] advances by ldy[s] per x row.
+template <int S, int NB, int U, typename W>
 inline void dot_streams(const float* x, int64_t ldx, int64_t in, const W* const* w, const float* bias,
                         float* const* y, const int64_t* ldy) {
-  __m256 acc[kRowStreams][NB][U];
-  for (int s = 0; s < kRowStreams; ++s)
+  __m256 acc[S][NB][U];
+  for (int s = 0; s < S; ++s)
     for (int n = 0; n < NB; ++n)
       for (int u = 0; u < U; ++u) acc[s][n][u] = _mm256_setzero_ps();
   int64_t k = 0;
@@ -114,13 +76,13 @@ inline void dot_streams(const float* x, int64_t ldx, int64_t in, const W* const*
     for (int u = 0; u < U; ++u) {
       __m256 xv[NB];
       for (int n = 0; n < NB; ++n) xv[n] = _mm256_loadu_ps(x + n * ldx + k + 8 * u);
-      for (int s = 0; s < kRowStreams; ++s) {
+      for (int s = 0; s < S; ++s) {
         const __m256 wv = load8(w[s] + k + 8 * u);
         for (int n = 0; n < NB; ++n) acc[s][n][u] = _mm256_fmadd_ps(xv[n], wv, acc[s][n][u]);
       }
     }
   }
-  for (int s = 0; s < kRowStreams; ++s)
+  for (int s = 0; s < S; ++s)
     for (int n = 0; n < NB; ++n) {
       for (int u = 1; u < U; ++u) acc[s][n][0] = _mm256_add_ps(acc[s][n][0], acc[s][n][u]);
       float sum = hsum(acc[s][n][0]);
@@ -128,25 +90,44 @@ inline void dot_streams(const float* x, int64_t ldx, int64_t in, const W* const*
       y[s][n * ldy[s]] = sum + bias[s];
     }
 }
+
+// All rows of x against S streams' current W rows: groups of up to 4 x rows (8 accumulators or
+// more in flight for every group size; S · NB · U of them fit the 16 registers with x and W).
+template <int S, typename W>
+inline void dot_streams_rows(const float* x, int64_t rows, int64_t in, const W* const* w, const float* bias,
+                             float* const* y, const int64_t* ldy) {
+  for (int64_t n = 0; n < rows; n += 4) {
+    float* yn[S];
+    for (int s = 0; s < S; ++s) yn[s] = y[s] + n * ldy[s];
+    const float* xn = x + n * in;
+    switch (std::min<int64_t>(4, rows - n)) {
+      case 1: dot_streams<S, 1, 8 / S>(xn, in, in, w, bias, yn, ldy); break;
+      case 2: dot_streams<S, 2, (S == 4 ? 1 : 2)>(xn, in, in, w, bias, yn, ldy); break;
+      case 3: dot_streams<S, 3, 1>(xn, in, in, w, bias, yn, ldy); break;
+      default: dot_streams<S, 4, 1>(xn, in, in, w, bias, yn, ldy); break;
+    }
+  }
+}
 #endif
 
-// The streaming path: threads take contiguous ranges of output rows. With one or two rows of x
-// (decoding one or two sequences) a thread reads its range as kRowStreams sub-ranges in lockstep.
+// The streaming path: threads take contiguous ranges of output rows, each read as S sub-ranges in
+// lockstep (4 streams for one or two rows of x, 2 for more: what fits the registers).
 template <typename W>
 void linear_stream(const float* x, int64_t rows, int64_t in, const W* w, int64_t ldw, int64_t out_features,
                    const float* bias, float* y) {
   const int64_t row_bytes = std::max<int64_t>(1, in * static_cast<int64_t>(sizeof(W)));
   const int64_t grain = std::max<int64_t>(1, kMinTaskBytes / row_bytes);
 #if GPTOSS_AVX2
-  if (rows <= kStreamsMaxRows) {
+  auto streamed = [&](auto streams) {
+    constexpr int S = decltype(streams)::value;
     at::parallel_for(0, out_features, grain, [&](int64_t begin, int64_t end) {
-      const int64_t q = (end - begin + kRowStreams - 1) / kRowStreams;  // rows per stream; the last may have fewer
-      float spare[kStreamsMaxRows];  // where a stream that has run out of rows writes
+      const int64_t q = (end - begin + S - 1) / S;  // rows per stream; the last may have fewer
+      float spare[kStreamMaxRows];  // where a stream that has run out of rows writes
       for (int64_t i = 0; i < q; ++i) {
-        const W* wr[kRowStreams];
-        float b[kRowStreams], *yr[kRowStreams];
-        int64_t ldy[kRowStreams];
-        for (int s = 0; s < kRowStreams; ++s) {
+        const W* wr[S];
+        float b[S], *yr[S];
+        int64_t ldy[S];
+        for (int s = 0; s < S; ++s) {
           const int64_t j = begin + s * q + i;
           const bool here = j < end;
           wr[s] = w + (here ? j : begin + i) * ldw;  // an exhausted stream re-reads stream 0's row
@@ -154,19 +135,20 @@ void linear_stream(const float* x, int64_t rows, int64_t in, const W* w, int64_t
           yr[s] = here ? y + j : spare;
           ldy[s] = here ? out_features : 1;
         }
-        if (rows == 1)
-          dot_streams<1, 2>(x, in, in, wr, b, yr, ldy);
-        else
-          dot_streams<2, 1>(x, in, in, wr, b, yr, ldy);
+        dot_streams_rows<S>(x, rows, in, wr, b, yr, ldy);
       }
     });
-    return;
-  }
-#endif
+  };
+  if (rows <= 2)
+    streamed(std::integral_constant<int, 4>());
+  else
+    streamed(std::integral_constant<int, 2>());
+#else
   at::parallel_for(0, out_features, grain, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j)
       dot_rows(x, rows, in, w + j * ldw, bias ? bias[j] : 0.0f, y + j, out_features);
   });
+#endif
 }
 
 // dst[r, :] = float(src[r, :]) for a block of bf16 rows.
