@@ -45,6 +45,33 @@ inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 inline __m256 load8(const c10::BFloat16* p) { return load_bf16x8(p); }
 #endif
 
+// Runs each thread's range of output rows [begin, end) as S sub-ranges in lockstep: step i calls
+// use(w_rows, biases, outputs, output_strides) for row begin + s·q + i of each stream s. A stream
+// that has run out of rows re-reads stream 0's row and writes to a spare slot (stride 1, room for
+// kStreamMaxRows rows of x).
+template <int S, typename W, typename Use>
+void for_stream_rows(int64_t out_features, int64_t grain, const W* w, int64_t ldw, const float* bias, float* y,
+                     Use&& use) {
+  at::parallel_for(0, out_features, grain, [&](int64_t begin, int64_t end) {
+    const int64_t q = (end - begin + S - 1) / S;  // rows per stream; the last may have fewer
+    float spare[kStreamMaxRows];
+    for (int64_t i = 0; i < q; ++i) {
+      const W* wr[S];
+      float b[S], *yr[S];
+      int64_t ldy[S];
+      for (int s = 0; s < S; ++s) {
+        const int64_t j = begin + s * q + i;
+        const bool here = j < end;
+        wr[s] = w + (here ? j : begin + i) * ldw;
+        b[s] = here && bias ? bias[j] : 0.0f;
+        yr[s] = here ? y + j : spare;
+        ldy[s] = here ? out_features : 1;
+      }
+      use(wr, b, yr, ldy);
+    }
+  });
+}
+
 #if !GPTOSS_AVX2
 // Without AVX2 (a build for a CPU that lacks it): y[n] = Σ_k x[n, k]·w[k] + bias for every row of x
 // against one row of W.
@@ -120,23 +147,8 @@ void linear_stream(const float* x, int64_t rows, int64_t in, const W* w, int64_t
 #if GPTOSS_AVX2
   auto streamed = [&](auto streams) {
     constexpr int S = decltype(streams)::value;
-    at::parallel_for(0, out_features, grain, [&](int64_t begin, int64_t end) {
-      const int64_t q = (end - begin + S - 1) / S;  // rows per stream; the last may have fewer
-      float spare[kStreamMaxRows];  // where a stream that has run out of rows writes
-      for (int64_t i = 0; i < q; ++i) {
-        const W* wr[S];
-        float b[S], *yr[S];
-        int64_t ldy[S];
-        for (int s = 0; s < S; ++s) {
-          const int64_t j = begin + s * q + i;
-          const bool here = j < end;
-          wr[s] = w + (here ? j : begin + i) * ldw;  // an exhausted stream re-reads stream 0's row
-          b[s] = here && bias ? bias[j] : 0.0f;
-          yr[s] = here ? y + j : spare;
-          ldy[s] = here ? out_features : 1;
-        }
-        dot_streams_rows<S>(x, rows, in, wr, b, yr, ldy);
-      }
+    for_stream_rows<S>(out_features, grain, w, ldw, bias, y, [&](auto wr, auto b, auto yr, auto ldy) {
+      dot_streams_rows<S>(x, rows, in, wr, b, yr, ldy);
     });
   };
   if (rows <= 2)
@@ -197,30 +209,15 @@ GPTOSS_AVX512_BF16 inline void dot_rows_bf16(const uint16_t* const* w, const flo
 void linear_stream_bf16(const uint16_t* x, int64_t rows, int64_t in, const uint16_t* w, int64_t ldw,
                         int64_t out_features, const float* bias, float* y) {
   const int64_t grain = std::max<int64_t>(1, kMinTaskBytes / std::max<int64_t>(1, 2 * in));
-  at::parallel_for(0, out_features, grain, [&](int64_t begin, int64_t end) {
-    const int64_t q = (end - begin + kStreams - 1) / kStreams;  // rows per stream; the last may have fewer
-    float spare[kRowGroup];  // where a stream that has run out of rows writes
-    for (int64_t i = 0; i < q; ++i) {
-      const uint16_t* wr[kStreams];
-      float b[kStreams], *yr[kStreams];
-      int64_t ldy[kStreams];
-      for (int s = 0; s < kStreams; ++s) {
-        const int64_t j = begin + s * q + i;
-        const bool here = j < end;
-        wr[s] = w + (here ? j : begin + i) * ldw;  // an exhausted stream re-reads stream 0's row
-        b[s] = here && bias ? bias[j] : 0.0f;
-        yr[s] = here ? y + j : spare;
-        ldy[s] = here ? out_features : 1;
-      }
-      for (int64_t n = 0; n < rows; n += kRowGroup) {
-        float* yn[kStreams];
-        for (int s = 0; s < kStreams; ++s) yn[s] = yr[s] == spare ? spare : yr[s] + n * out_features;
-        switch (std::min<int64_t>(kRowGroup, rows - n)) {
-          case 1: dot_rows_bf16<1>(wr, b, x + n * in, in, in, yn, ldy); break;
-          case 2: dot_rows_bf16<2>(wr, b, x + n * in, in, in, yn, ldy); break;
-          case 3: dot_rows_bf16<3>(wr, b, x + n * in, in, in, yn, ldy); break;
-          default: dot_rows_bf16<4>(wr, b, x + n * in, in, in, yn, ldy); break;
-        }
+  for_stream_rows<kStreams>(out_features, grain, w, ldw, bias, y, [&](auto wr, auto b, auto yr, auto ldy) {
+    for (int64_t n = 0; n < rows; n += kRowGroup) {
+      float* yn[kStreams];
+      for (int s = 0; s < kStreams; ++s) yn[s] = yr[s] + n * ldy[s];
+      switch (std::min<int64_t>(kRowGroup, rows - n)) {
+        case 1: dot_rows_bf16<1>(wr, b, x + n * in, in, in, yn, ldy); break;
+        case 2: dot_rows_bf16<2>(wr, b, x + n * in, in, in, yn, ldy); break;
+        case 3: dot_rows_bf16<3>(wr, b, x + n * in, in, in, yn, ldy); break;
+        default: dot_rows_bf16<4>(wr, b, x + n * in, in, in, yn, ldy); break;
       }
     }
   });
