@@ -58,9 +58,9 @@ _REPLY_SNAPSHOTS = 4  # ring snapshots a reply may take at its own message ends 
 
 class _Sequence:
     def __init__(self, request: Request, prompt: list[int], max_new_tokens: int, completion: Completion,
-                 reserved_bytes: int):
+                 prompt_marks: set[int], reserved_bytes: int):
         self.request, self.completion, self.max_new_tokens = request, completion, max_new_tokens
-        self.prompt = prompt
+        self.prompt, self.prompt_marks = prompt, prompt_marks
         self.pending = prompt      # tokens not yet run through the model: the prompt, then the last sample
         self.sampler = Sampler(request.params.temperature, request.params.top_p, request.params.seed)
         self.reserved_bytes = reserved_bytes
@@ -126,8 +126,12 @@ class Scheduler:
             ValueError: bad messages.
         """
         prompt, max_new = self.engine.prompt_for(request.messages, request.params)
-        tokens, marks = len(prompt) + max_new, sum(t in _MESSAGE_ENDS for t in prompt) + 2 + _REPLY_SNAPSHOTS
-        needed = KVCache.bytes_for(self.engine.config, self.engine.model.dtype, tokens, snapshots=marks)
+        # Where conversations branch, so where the rings are kept: after every message, and at the
+        # prompt's end (the next turn resumes there) and one before it (the same prompt again still
+        # runs its last token).
+        marks = {i + 1 for i, t in enumerate(prompt) if t in _MESSAGE_ENDS} | {len(prompt) - 1, len(prompt)}
+        needed = KVCache.bytes_for(self.engine.config, self.engine.model.dtype, len(prompt) + max_new,
+                                   snapshots=len(marks) + _REPLY_SNAPSHOTS)
         budget = self.engine.kv_budget_bytes
         if needed > budget:
             raise KVMemoryError(
@@ -137,7 +141,7 @@ class Scheduler:
         request.prompt_tokens = len(prompt)
         self._waiting.append(_Sequence(request, prompt, max_new,
                                        Completion(self.engine.harmony.parser(), request.params, len(prompt)),
-                                       needed))
+                                       marks, needed))
 
     @torch.inference_mode()
     def step(self) -> None:
@@ -179,10 +183,7 @@ class Scheduler:
             seq.shared = self.engine.prefix_cache.resume(seq.prompt, cache)
             seq.pending = seq.prompt[seq.shared.position:]
             seq.completion.cached_tokens = seq.shared.position
-        # Where conversations branch: after every message, and at the prompt's end (the next turn
-        # resumes there) and one before it (the same prompt again still runs its last token).
-        ends = {i + 1 for i, t in enumerate(seq.prompt) if t in _MESSAGE_ENDS}
-        cache.marks.update(p for p in ends | {len(seq.prompt) - 1, len(seq.prompt)} if p > cache.position)
+        cache.marks.update(p for p in seq.prompt_marks if p > cache.position)
         seq.request.running = True
         self._running.append(seq)
 
