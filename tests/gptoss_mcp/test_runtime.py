@@ -277,6 +277,10 @@ def test_a_failed_load_is_reported_with_its_reason():
     anyio.run(main)
     status = runner.status()
     assert status["state"] == "failed" and "config file not found" in status["error"]
+    # Without an engine the status still has the prefix cache's fields, all zero.
+    from engine.prefix_cache import PrefixCache
+
+    assert status["prefix_cache"] == PrefixCache(0).stats()
     runner.close()
 
 
