@@ -7,23 +7,33 @@ string in the final text, max_tokens, the context limit, or cancellation.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import json
+import secrets
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from engine.harmony import END, REASONING_EFFORTS, STOP_TOKENS, CompletionParser
+from engine.harmony import CALL, END, REASONING_EFFORTS, STOP_TOKENS, CompletionParser
 from engine.messages import FunctionTool, ToolCall, coerce_tools
+from engine.structured_output import (ResponseFormat, ToolChoice, check_json_schema, coerce_response_format,
+                                      coerce_tool_choice)
 
 if TYPE_CHECKING:
     from engine.scheduler import Request, Scheduler
 
-FinishReason = Literal["stop", "length", "cancelled"]
+FinishReason = Literal["stop", "length", "tool_calls", "cancelled"]
 
 
 @dataclass(frozen=True)
 class GenerationParams:
     """Per-call settings. temperature 1.0 / top_p 1.0 are OpenAI's recommendation for gpt-oss;
-    temperature 0 is greedy. Stop strings apply to the final (answer) text."""
+    temperature 0 is greedy. Stop strings apply to the final (answer) text.
+
+    Structured output (engine.structured_output): `response_format` makes the final answer JSON
+    matching a schema; `tools` are declared to the model and `tool_choice` says whether it may, must
+    or must not call them (calls' arguments match the tool's parameter schema). Either one makes the
+    reply grammar-constrained (engine.reply_constraint); `max_reasoning_tokens` bounds the reasoning
+    (default: when an answer or a call is required, a quarter of max_tokens is kept for it)."""
 
     max_tokens: int = 1024
     temperature: float = 1.0
@@ -34,6 +44,9 @@ class GenerationParams:
     instructions: str | None = None
     tools: tuple[FunctionTool, ...] = ()  # also OpenAI-shaped mappings (engine.messages)
     current_date: str | None = None  # YYYY-MM-DD for the system message; None leaves it out
+    response_format: ResponseFormat | Mapping[str, Any] | None = None  # also OpenAI's shapes
+    tool_choice: ToolChoice | str | Mapping[str, Any] = "auto"
+    max_reasoning_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -48,6 +61,32 @@ class GenerationParams:
         object.__setattr__(self, "tools", coerce_tools(self.tools))
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ValueError(f"stop strings must be non-empty strings, got {list(self.stop)!r}")
+        self._check_structure()
+
+    def _check_structure(self) -> None:
+        names = [tool.name for tool in self.tools]
+        for k, tool in enumerate(self.tools):
+            if tool.name in names[:k]:
+                raise ValueError(f"tools[{k}].name {tool.name!r} is declared twice")
+            if tool.parameters is not None:
+                check_json_schema(tool.parameters, f"tools[{k}].parameters")
+        object.__setattr__(self, "response_format", coerce_response_format(self.response_format))
+        object.__setattr__(self, "tool_choice", coerce_tool_choice(self.tool_choice, names))
+        if self.response_format is not None and self.tool_choice.must_call:
+            raise ValueError(f"tool_choice {self.tool_choice.name or self.tool_choice.mode!r} requires a tool call, "
+                             f"so the reply never has the final answer that response_format describes: "
+                             f"give one or the other")
+        if self.response_format is not None and self.stop:
+            raise ValueError("stop strings cannot be combined with response_format: the schema decides where "
+                             "the JSON answer ends")
+        limit = self.max_reasoning_tokens
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise ValueError(f"max_reasoning_tokens must be a non-negative integer, got {limit!r}")
+
+    @property
+    def constrained(self) -> bool:
+        """The reply is grammar-constrained: it has a response format, tools or a reasoning budget."""
+        return self.response_format is not None or bool(self.tools) or self.max_reasoning_tokens is not None
 
 
 @dataclass(frozen=True)
@@ -72,10 +111,12 @@ class Usage:
 class GenerationResult:
     text: str                       # the final channel: the answer
     reasoning: str                  # the analysis channel
-    tool_calls: list[ToolCall]
-    finish_reason: FinishReason
+    tool_calls: list[ToolCall]      # each with a fresh id ("call_...")
+    finish_reason: FinishReason     # "tool_calls" when the reply ended by calling
     usage: Usage
     completion_ids: list[int] = field(repr=False, default_factory=list)
+    parsed: Any = None              # under a response_format: the answer's JSON value (None if cut short)
+    mask_seconds: float = 0.0       # time spent constraining the logits (structured output)
 
 
 class Completion:
@@ -85,9 +126,11 @@ class Completion:
 
     def __init__(self, parser: CompletionParser, params: GenerationParams, prompt_tokens: int):
         self._parser, self._stops, self.prompt_tokens = parser, _StopStrings(params.stop), prompt_tokens
+        self._json_answer = params.response_format is not None
         self.tokens: list[int] = []
         self.ended = False
         self.cached_tokens = 0
+        self.mask_seconds = 0.0
 
     def push(self, token: int) -> GenerationStep:
         self.tokens.append(token)
@@ -104,10 +147,20 @@ class Completion:
 
     def result(self, finish: FinishReason) -> GenerationResult:
         parsed = self._parser.result()
+        calls = [ToolCall(call.recipient, call.arguments, f"call_{secrets.token_hex(12)}") for call in parsed.tool_calls]
+        if finish == "stop" and calls and self.tokens[-1] == CALL:
+            finish = "tool_calls"
+        text = self._stops.cut(parsed.final)
+        value = None
+        if self._json_answer and finish == "stop":
+            try:
+                value = json.loads(text)
+            except ValueError:  # only an unconstrained or cut-short answer can fail
+                value = None
         return GenerationResult(
-            text=self._stops.cut(parsed.final), reasoning=parsed.analysis, tool_calls=parsed.tool_calls,
-            finish_reason=finish, usage=Usage(self.prompt_tokens, len(self.tokens), self.cached_tokens),
-            completion_ids=self.tokens)
+            text=text, reasoning=parsed.analysis, tool_calls=calls, finish_reason=finish,
+            usage=Usage(self.prompt_tokens, len(self.tokens), self.cached_tokens), completion_ids=self.tokens,
+            parsed=value, mask_seconds=self.mask_seconds)
 
 
 class Generation:

@@ -24,7 +24,9 @@ from engine.kv_cache import ContextLimitError, KVCache
 from engine.model import Transformer
 from engine.memory import default_kv_budget_bytes, default_prefix_cache_mb
 from engine.prefix_cache import PrefixCache
+from engine.reply_constraint import grammar_tokenizer
 from engine.scheduler import Request, Scheduler
+from engine.structured_output import ResponseFormat
 from engine.tokenizer import Tokenizer
 from engine.weights import canonical_specs, parameter_count, read_weights
 
@@ -170,11 +172,16 @@ class Engine:
     def harmony(self) -> HarmonyFormat:
         return HarmonyFormat(self.tokenizer)
 
+    @functools.cached_property
+    def grammar_tokenizer(self):
+        """llguidance's view of the vocabulary, for structured output; built on first use (~2 s)."""
+        return grammar_tokenizer(self.tokenizer)
+
     def render(self, messages: Iterable[ChatMessage | Mapping[str, Any]], reasoning_effort: str = "medium",
                instructions: str | None = None, tools: Iterable[FunctionTool | Mapping[str, Any]] = (),
-               current_date: str | None = None) -> list[int]:
+               current_date: str | None = None, response_format: ResponseFormat | None = None) -> list[int]:
         """The harmony prompt ids for the assistant's next turn (ends with `<|start|>assistant`)."""
-        return self.harmony.render(messages, reasoning_effort, instructions, tools, current_date)
+        return self.harmony.render(messages, reasoning_effort, instructions, tools, current_date, response_format)
 
     def prompt_for(self, messages: Iterable[ChatMessage | Mapping[str, Any]],
                    params: GenerationParams) -> tuple[list[int], int]:
@@ -185,7 +192,7 @@ class Engine:
             ValueError: bad messages.
         """
         prompt = self.render(messages, params.reasoning_effort, params.instructions, params.tools,
-                             params.current_date)
+                             params.current_date, params.response_format)
         if len(prompt) >= self.max_context:
             raise ContextLimitError(f"the prompt has {len(prompt)} tokens but the context limit is "
                                     f"{self.max_context} (and the reply needs at least one more)")

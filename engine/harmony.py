@@ -15,6 +15,7 @@ from typing import Any, Literal
 import openai_harmony as oh
 
 from engine.messages import FUNCTIONS, ChatMessage, FunctionTool, ToolCall, coerce_messages, coerce_tools
+from engine.structured_output import ResponseFormat
 from engine.tokenizer import StreamDecoder, Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ _EFFORTS = {"low": oh.ReasoningEffort.LOW, "medium": oh.ReasoningEffort.MEDIUM, 
 # Real headers ("<|channel|>commentary to=functions.name <|constrain|>json") take ~10 tokens; a longer
 # one means the model is writing text without a header, which is then taken as the answer.
 _MAX_HEADER_TOKENS = 48
+_CONSTRAIN = "<|constrain|>"
 _HEADER_TOKENS = frozenset({200003, 200005, 200006, 200008})  # <|constrain|> <|channel|> <|start|> <|message|>
 
 
@@ -47,17 +49,19 @@ class HarmonyFormat:
 
     def render(self, messages: Iterable[ChatMessage | Mapping[str, Any]], reasoning_effort: str = "medium",
                instructions: str | None = None, tools: Iterable[FunctionTool | Mapping[str, Any]] = (),
-               current_date: str | None = None) -> list[int]:
+               current_date: str | None = None, response_format: ResponseFormat | None = None) -> list[int]:
         """The prompt for the assistant's next turn, ending with `<|start|>assistant`.
 
         System and developer messages become the developer message's instructions (after
-        `instructions`). Reasoning of finished assistant turns is dropped, reasoning of the turn in
-        progress (after the last user message, e.g. around tool calls) is kept, as the format
-        documentation specifies.
+        `instructions`), followed by the function tools and then the response format's
+        `# Response Formats` section. Reasoning of finished assistant turns is dropped, reasoning of
+        the turn in progress (after the last user message, e.g. around tool calls) is kept, as the
+        format documentation specifies.
 
         Raises:
             ValueError: unknown role or reasoning effort, no user/assistant/tool message, a malformed
-                message or tool (engine.messages; the message names its index and field).
+                message or tool (engine.messages; the message names its index and field), a tool call
+                or result naming a function that `tools` (when given) does not declare.
         """
         if reasoning_effort not in _EFFORTS:
             raise ValueError(f"reasoning_effort must be one of {REASONING_EFFORTS}, got {reasoning_effort!r}")
@@ -69,6 +73,8 @@ class HarmonyFormat:
         notes = [instructions] if instructions else []
         notes += [m.content for m in chat if m.role in ("system", "developer") and m.content]
         tools = coerce_tools(tools)
+        if tools:
+            _check_tool_names(chat, {t.name for t in tools})
         if notes or tools:
             developer = oh.DeveloperContent.new()
             if notes:
@@ -108,9 +114,25 @@ class HarmonyFormat:
                                      f"and follows no tool call")
                 rendered.append(oh.Message.from_author_and_content(oh.Author.new(oh.Role.TOOL, tool), m.content)
                                 .with_recipient("assistant").with_channel("commentary"))
-        return self.encoding.render_conversation_for_completion(
+        tokens = self.encoding.render_conversation_for_completion(
             oh.Conversation.from_messages(rendered), oh.Role.ASSISTANT,
             oh.RenderConversationConfig(auto_drop_analysis=False))
+        return self._with_section(tokens, response_format.prompt_section()) if response_format else tokens
+
+    def _with_section(self, tokens: list[int], section: str) -> list[int]:
+        """`tokens` with `section` appended to the developer message's text (after a blank line), or in
+        a developer message of its own after the system message. openai-harmony has no response
+        formats, so the text is re-encoded as a whole, as its renderer encodes a message's text."""
+        header = self.encoding.render(oh.Message.from_role_and_content(oh.Role.DEVELOPER, ""))[:-1]  # ...<|message|>
+        for i in range(len(tokens) - len(header) + 1):
+            if tokens[i:i + len(header)] == header:
+                start = i + len(header)
+                end = tokens.index(END, start)
+                text = self.tokenizer.decode(tokens[start:end]) + "\n\n" + section
+                return tokens[:start] + self.tokenizer.encode(text) + tokens[end:]
+        system_end = tokens.index(END) + 1
+        developer = self.encoding.render(oh.Message.from_role_and_content(oh.Role.DEVELOPER, section))
+        return tokens[:system_end] + developer + tokens[system_end:]
 
     def parser(self) -> CompletionParser:
         return CompletionParser(self)
@@ -166,7 +188,7 @@ class CompletionParser:
             return self._become_plain()
         if len(self._parser.messages) > completed:  # this token closed a message
             message = self._parser.messages[-1]
-            if message.channel is None and not message.recipient:  # header-less text: the answer
+            if message.channel is None and not _recipient(message.recipient):  # header-less text: the answer
                 self.delta_channel = "final"
                 return "".join(c.text for c in message.content)
             self.delta_channel = channel
@@ -180,9 +202,10 @@ class CompletionParser:
         """Messages so far, including an unfinished last one."""
         if self._plain is not None:
             return ParsedCompletion(final=self._tokenizer.decode(self._ordinary(self._tokens)))
-        messages = [(m.channel, m.recipient, "".join(c.text for c in m.content)) for m in self._parser.messages]
+        messages = [(m.channel, _recipient(m.recipient), "".join(c.text for c in m.content))
+                    for m in self._parser.messages]
         if not self._trailing and self._parser.state == oh.StreamState.CONTENT:
-            messages.append((self._parser.current_channel, self._parser.current_recipient,
+            messages.append((self._parser.current_channel, _recipient(self._parser.current_recipient),
                              self._parser.current_content))
         elif not messages and self._header and not _HEADER_TOKENS & set(self._header):
             # cut before a header was recognisable: the text so far is header-less, i.e. the answer
@@ -207,6 +230,23 @@ class CompletionParser:
 
     def _ordinary(self, tokens: list[int]) -> list[int]:
         return [t for t in tokens if not self._tokenizer.is_special(t)]
+
+
+def _recipient(recipient: str | None) -> str | None:
+    """The message's real recipient. openai-harmony's parser reads the content type of a header
+    without one (`<|channel|>final <|constrain|>json`) as the recipient."""
+    return None if recipient is None or recipient.startswith(_CONSTRAIN) else recipient
+
+
+def _check_tool_names(chat: list[ChatMessage], declared: set[str]) -> None:
+    for i, m in enumerate(chat):
+        for j, call in enumerate(m.tool_calls):
+            if call.name not in declared:
+                raise ValueError(f"messages[{i}].tool_calls[{j}] calls {call.name!r}, which is not among the declared "
+                                 f"tools {sorted(declared)}")
+        if m.role == "tool" and m.name is not None and m.name not in declared:
+            raise ValueError(f"messages[{i}] is the result of tool {m.name!r}, which is not among the declared "
+                             f"tools {sorted(declared)}")
 
 
 def _assistant(text: str, channel: str) -> oh.Message:

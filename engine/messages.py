@@ -17,12 +17,14 @@ A malformed entry is a ValueError naming its index and field, e.g. `messages[2].
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 FUNCTIONS = "functions."  # harmony's namespace of function tools: recipients are "functions.NAME"
+TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _TEXT_PARTS = ("text", "input_text", "output_text")
 
 
@@ -75,8 +77,13 @@ def coerce_messages(messages: Iterable[ChatMessage | Mapping[str, Any]]) -> list
 
 
 def coerce_tools(tools: Iterable[FunctionTool | Mapping[str, Any]]) -> tuple[FunctionTool, ...]:
-    return tuple(tool if isinstance(tool, FunctionTool) else _tool_from_mapping(f"tools[{k}]", tool)
-                 for k, tool in enumerate(tools))
+    coerced = tuple(tool if isinstance(tool, FunctionTool) else _tool_from_mapping(f"tools[{k}]", tool)
+                    for k, tool in enumerate(tools))
+    for k, tool in enumerate(coerced):
+        if not TOOL_NAME.fullmatch(tool.name):
+            raise ValueError(f"tools[{k}].name must be 1-64 letters, digits, '_' or '-' (OpenAI's rule; a call "
+                             f"names its tool in the message header), got {tool.name!r}")
+    return coerced
 
 
 def _message_from_mapping(where: str, message: Any, call_names: Mapping[str, str]) -> ChatMessage:

@@ -48,7 +48,7 @@ _FIRST_SPECIAL = min(SPECIAL_TOKENS)
 
 # tiktoken's o200k pre-tokenization regex; the HF Split pre-tokenizer must use the same one.
 _CONTRACTIONS = "(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
-_PATTERN = "|".join([
+PATTERN = "|".join([
     r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+" + _CONTRACTIONS,
     r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*" + _CONTRACTIONS,
     r"\p{N}{1,3}",
@@ -154,7 +154,7 @@ def build_tokenizer(ranks: dict[bytes, int]) -> Tokenizer:
         ignore_merges=True,  # like tiktoken: a pre-token that is itself in the vocab stays whole
     ))
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(_PATTERN), behavior="isolated"),
+        pre_tokenizers.Split(Regex(PATTERN), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     tok.decoder = decoders.ByteLevel()
@@ -191,7 +191,7 @@ def ranks_from_tokenizer_json(path: str | os.PathLike[str]) -> dict[bytes, int]:
         model = spec["model"]
         if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
             raise ValueError("model is not BPE")
-        if _PATTERN not in _split_patterns(spec.get("pre_tokenizer")):
+        if PATTERN not in _split_patterns(spec.get("pre_tokenizer")):
             raise ValueError("its pre-tokenizer does not split text with o200k's regex")
         added = {t["id"] for t in spec.get("added_tokens") or []}
         ranks: dict[bytes, int] = {}

@@ -26,6 +26,7 @@ from engine.harmony import CALL, END, RETURN
 from engine.kv_cache import KVCache, KVMemoryError
 from engine.messages import ChatMessage
 from engine.prefix_cache import SharedPrefix
+from engine.reply_constraint import AnswerRules, ReplyConstraint
 from engine.sampling import Sampler
 
 logger = logging.getLogger(__name__)
@@ -58,8 +59,9 @@ _REPLY_SNAPSHOTS = 4  # ring snapshots a reply may take at its own message ends 
 
 class _Sequence:
     def __init__(self, request: Request, prompt: list[int], max_new_tokens: int, completion: Completion,
-                 prompt_marks: set[int], reserved_bytes: int):
+                 prompt_marks: set[int], reserved_bytes: int, constraint: ReplyConstraint | None):
         self.request, self.completion, self.max_new_tokens = request, completion, max_new_tokens
+        self.constraint = constraint  # structured output: restricts each token's logits
         self.prompt, self.prompt_marks = prompt, prompt_marks
         self.pending = prompt      # tokens not yet run through the model: the prompt, then the last sample
         self.sampler = Sampler(request.params.temperature, request.params.top_p, request.params.seed)
@@ -138,10 +140,14 @@ class Scheduler:
                 f"the request needs {needed / 2**20:.1f} MiB of KV cache ({len(prompt)} prompt tokens + "
                 f"{max_new} reply tokens) but the KV budget is {budget / 2**20:.1f} MiB: ask for fewer "
                 f"max_tokens, shorten the conversation, or raise the budget (--kv-cache-mb)")
+        constraint = None
+        if request.params.constrained:
+            constraint = ReplyConstraint(AnswerRules.for_params(request.params, max_new),
+                                         self.engine.grammar_tokenizer, self.engine.tokenizer)
         request.prompt_tokens = len(prompt)
         self._waiting.append(_Sequence(request, prompt, max_new,
                                        Completion(self.engine.harmony.parser(), request.params, len(prompt)),
-                                       marks, needed))
+                                       marks, needed, constraint))
 
     @torch.inference_mode()
     def step(self) -> None:
@@ -204,7 +210,12 @@ class Scheduler:
 
     def _advance(self, seq: _Sequence, logits: torch.Tensor) -> None:
         try:
+            if seq.constraint is not None:
+                seq.constraint.restrict(logits)
             token = seq.sampler(logits)
+            if seq.constraint is not None:
+                seq.constraint.push(token)
+                seq.completion.mask_seconds = seq.constraint.mask_seconds
             step = seq.completion.push(token)
             seq.request.on_step(step)
         except Exception as e:  # this request's own failure (its callback, say): the others go on

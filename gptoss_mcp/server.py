@@ -10,7 +10,7 @@ which starts loading once the first reply is out.
 import json
 import logging
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from mcp.server import MCPServer
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
@@ -24,8 +24,8 @@ from starlette.responses import JSONResponse
 from gptoss_mcp import __version__
 from gptoss_mcp.model_info import model_info, model_name
 from gptoss_mcp.runtime import Busy, EngineRunner, EngineUnavailable, Progress
-from gptoss_mcp.schemas import (Effort, EmbedResult, EmbedUsage, GenerateResult, Message, ReasoningEffortResult,
-                                Usage)
+from gptoss_mcp.schemas import (Effort, EmbedResult, EmbedUsage, GenerateResult, Message, NamedToolChoice,
+                                ReasoningEffortResult, ResponseFormat, ToolCallOut, ToolSpec, Usage)
 from gptoss_mcp.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -39,6 +39,15 @@ INSTRUCTIONS = (
     "first; reasoning_effort low/medium/high trades speed for depth), `embed` for text vectors, and "
     "`set_reasoning_effort` to change the default effort. gptoss://status tells whether the model is "
     "loaded.")
+
+
+def _call_out(call) -> ToolCallOut:
+    try:
+        arguments = json.loads(call.arguments)
+    except ValueError:
+        arguments = None
+    return ToolCallOut(id=call.id, name=call.name,
+                       arguments=arguments if isinstance(arguments, dict) else call.arguments)
 
 
 @dataclass
@@ -108,7 +117,9 @@ def build_server(settings: ServerSettings, runner: EngineRunner, **server_option
         description=(
             "Ask the local gpt-oss model. Give exactly one of `prompt` (a single user message) or "
             "`messages` (a conversation). The model reasons first (returned only with include_reasoning) "
-            "and then answers in `text`. Higher reasoning_effort is slower but more thorough."),
+            "and then answers in `text`. Higher reasoning_effort is slower but more thorough. With "
+            "`response_format` the answer is JSON matching a schema (also in `parsed`); with `tools` the "
+            "model may call functions (returned in `tool_calls`; send their results back as tool messages)."),
         annotations=ToolAnnotations(title="Generate with gpt-oss", readOnlyHint=True, openWorldHint=False))
     async def generate(
         ctx: Context,
@@ -126,6 +137,18 @@ def build_server(settings: ServerSettings, runner: EngineRunner, **server_option
         seed: Annotated[int | None, Field(description="Same seed, same answer.")] = None,
         stop: Annotated[list[str] | None, Field(max_length=8, description="Strings that end the answer.")] = None,
         include_reasoning: Annotated[bool, Field(description="Also return the chain of thought.")] = False,
+        response_format: Annotated[ResponseFormat | None, Field(description=(
+            "Make the answer JSON: {\"type\": \"json_schema\", \"json_schema\": {\"name\", \"schema\", \"strict\"}} "
+            "(matching the schema; the value comes back in `parsed`) or {\"type\": \"json_object\"}."))] = None,
+        tools: Annotated[list[ToolSpec] | None, Field(description=(
+            "Functions the model may call: {name, description, parameters (JSON Schema)}. Its calls come back "
+            "in `tool_calls` with arguments matching the parameters."))] = None,
+        tool_choice: Annotated[Literal["auto", "none", "required"] | NamedToolChoice, Field(description=(
+            "auto: answer or call; none: answer; required: call some tool; {\"name\": NAME}: call that tool."
+            ))] = "auto",
+        max_reasoning_tokens: Annotated[int | None, Field(ge=0, description=(
+            "End the reasoning after this many tokens (default: none, except that a required JSON answer or "
+            "tool call keeps a quarter of max_tokens)."))] = None,
     ) -> GenerateResult:
         if (prompt is None) == (messages is None):
             raise ToolError("give exactly one of 'prompt' or 'messages'")
@@ -135,17 +158,24 @@ def build_server(settings: ServerSettings, runner: EngineRunner, **server_option
             raise ToolError("stop strings must not be empty")
         effort = reasoning_effort or state.reasoning_effort
         conversation = [{"role": "user", "content": prompt}] if prompt is not None else \
-            [m.model_dump() for m in messages]
+            [m.model_dump(exclude_none=True) for m in messages]
         params = dict(max_tokens=max_tokens or settings.default_max_tokens, temperature=temperature, top_p=top_p,
-                      seed=seed, stop=tuple(stop or ()), reasoning_effort=effort, instructions=instructions)
+                      seed=seed, stop=tuple(stop or ()), reasoning_effort=effort, instructions=instructions,
+                      response_format=response_format.model_dump(by_alias=True, exclude_none=True)
+                      if response_format else None,
+                      tools=tuple(t.model_dump(exclude_none=True) for t in tools or ()),
+                      tool_choice=tool_choice if isinstance(tool_choice, str) else
+                      tool_choice.model_dump(exclude_none=True),
+                      max_reasoning_tokens=max_reasoning_tokens)
         result = await _engine_call(runner.generate(conversation, params,
                                                     _ProgressReporter(ctx, params["max_tokens"])))
+        finish = result.finish_reason if result.finish_reason in ("stop", "tool_calls") else "length"
         return GenerateResult(
             text=result.text, reasoning=result.reasoning if include_reasoning else None,
-            finish_reason="stop" if result.finish_reason == "stop" else "length", reasoning_effort=effort,
-            model=name,
+            finish_reason=finish, reasoning_effort=effort, model=name,
             usage=Usage(prompt_tokens=result.usage.prompt_tokens, completion_tokens=result.usage.completion_tokens,
-                        total_tokens=result.usage.total_tokens, cached_tokens=result.usage.cached_tokens))
+                        total_tokens=result.usage.total_tokens, cached_tokens=result.usage.cached_tokens),
+            parsed=result.parsed, tool_calls=[_call_out(call) for call in result.tool_calls])
 
     @mcp.tool(
         description=("Embed texts with the local gpt-oss model: the mean of its final hidden states over each "

@@ -71,8 +71,9 @@ def test_tool_call_stops_on_call(engine):
         'to=functions.get_weather <|constrain|>json<|message|>{"city":"Paris"}<|call|>', allowed_special="all")
     generation = _Scripted(engine, completion + [1, 2])
     result = generation.run()
-    assert result.finish_reason == "stop" and generation.consumed == completion
+    assert result.finish_reason == "tool_calls" and generation.consumed == completion
     assert [(c.name, c.arguments) for c in result.tool_calls] == [("get_weather", '{"city":"Paris"}')]
+    assert result.tool_calls[0].id.startswith("call_") and result.parsed is None
     assert result.reasoning == "Need weather." and result.text == ""
 
 

@@ -19,6 +19,7 @@ from openai_harmony import (
 )
 
 from engine import GenerationParams
+from engine.structured_output import ResponseFormat
 from engine.harmony import ParsedCompletion
 from engine.messages import ChatMessage, FunctionTool, ToolCall
 
@@ -168,13 +169,13 @@ CASES = {
             {"role": "assistant", "reasoning": "Now the time.",
              "tool_calls": [{"name": "get_time", "arguments": '{"city":"Paris"}'}]},
             {"role": "tool", "content": "14:05", "name": "get_time"},
-            {"role": "tool", "content": "cached answer", "name": "lookup"},
-            {"role": "tool", "content": "again"}], tools=[WEATHER, TIME]),
-        [system("medium"), developer(tools=[WEATHER, TIME]), user("Weather and time in Paris and Rome?"),
+            {"role": "tool", "content": "cached answer", "name": "ping"},
+            {"role": "tool", "content": "again"}], tools=[WEATHER, TIME, PING]),
+        [system("medium"), developer(tools=[WEATHER, TIME, PING]), user("Weather and time in Paris and Rome?"),
          assistant("Two cities.", "analysis"), call("get_weather", '{"city":"Paris"}'),
          call("get_weather", '{"city":"Rome"}'), tool_result("get_weather", "sunny"),
          tool_result("get_weather", "rainy"), assistant("Now the time.", "analysis"),
-         call("get_time", '{"city":"Paris"}'), tool_result("get_time", "14:05"), tool_result("lookup", "cached answer"),
+         call("get_time", '{"city":"Paris"}'), tool_result("get_time", "14:05"), tool_result("ping", "cached answer"),
          tool_result("get_time", "again")]),
     "preamble-before-tool-call": (
         dict(messages=[
@@ -320,12 +321,55 @@ def test_every_shape_of_tools_calls_results_and_reasoning_renders_alike(engine, 
                     assert engine.render(messages, "low", tools=[tool]) == want, (tool, tool_call, result, reasoning)
 
 
-def test_generation_params_take_openai_shaped_tools(engine):
-    params = GenerationParams(max_tokens=1, temperature=0, reasoning_effort="low", tools=TOOL_SHAPES[1:])
-    assert params.tools == (WEATHER,) * 3
+@pytest.mark.parametrize("shape", TOOL_SHAPES[1:])
+def test_generation_params_take_openai_shaped_tools(engine, shape):
+    params = GenerationParams(max_tokens=1, temperature=0, reasoning_effort="low", tools=[shape])
+    assert params.tools == (WEATHER,)
     messages = [{"role": "user", "content": "Oslo?"}]
     generation = engine.generate(messages, params)
-    assert generation.run().usage.prompt_tokens == len(engine.render(messages, "low", tools=[WEATHER] * 3))
+    assert generation.run().usage.prompt_tokens == len(engine.render(messages, "low", tools=[WEATHER]))
+
+
+def _developer_text(encoding, ids: list[int]) -> str:
+    start = next(i for i in range(len(ids) - 1) if ids[i] == START and encoding.decode([ids[i + 1]]) == "developer")
+    return encoding.decode(ids[ids.index(MESSAGE, start) + 1:ids.index(END, start)])
+
+
+def test_response_format_section_ends_the_developer_message(engine, encoding):
+    fmt = ResponseFormat("shopping_list", {"type": "object", "properties": {"items": {"type": "array"}}},
+                         "entries on the list")
+    messages = [{"role": "user", "content": "Coffee, soda and eggs."}]
+    for instructions, tools in ((None, ()), ("Be helpful.", ()), ("Be helpful.", [WEATHER]), (None, [PING])):
+        plain = engine.render(messages, "low", instructions, tools)
+        got = engine.render(messages, "low", instructions, tools, response_format=fmt)
+        section = fmt.prompt_section()
+        if instructions or tools:  # the section follows the developer text harmony wrote, after a blank line
+            assert _developer_text(encoding, got) == _developer_text(encoding, plain) + "\n\n" + section
+            want_developer = (_developer_text(encoding, plain) + "\n\n" + section)
+        else:  # a developer message of its own, right after the system message
+            assert _developer_text(encoding, got) == section
+            want_developer = section
+        # token-exact: the same conversation with that developer text, rendered by openai-harmony
+        text_developer = Message.from_role_and_content(Role.DEVELOPER, want_developer)
+        system_message = SystemContent.new().with_reasoning_effort(ReasoningEffort.LOW)
+        want = encoding.render_conversation_for_completion(
+            Conversation.from_messages([Message.from_role_and_content(Role.SYSTEM, system_message), text_developer,
+                                        user("Coffee, soda and eggs.")]), Role.ASSISTANT)
+        assert got[got.index(END) + 1:] == want[want.index(END) + 1:]
+        assert got[:got.index(END) + 1] == plain[:plain.index(END) + 1]  # the system message keeps its tool note
+
+
+def test_tool_calls_and_results_must_name_declared_tools(engine):
+    history = [{"role": "user", "content": "Weather?"},
+               {"role": "assistant", "tool_calls": [{"name": "get_time", "arguments": "{}"}]},
+               {"role": "tool", "content": "noon"}]
+    with pytest.raises(ValueError, match=r"messages\[1\]\.tool_calls\[0\] calls 'get_time', which is not among "
+                                         r"the declared tools \['get_weather'\]"):
+        engine.render(history, tools=[WEATHER])
+    with pytest.raises(ValueError, match=r"messages\[1\] is the result of tool 'get_time'"):
+        engine.render([{"role": "user", "content": "Time?"}, {"role": "tool", "name": "get_time", "content": "noon"}],
+                      tools=[WEATHER])
+    assert engine.render(history)  # without declared tools, history is rendered as it is
 
 
 @pytest.mark.parametrize("messages, tools, match", [
