@@ -48,14 +48,16 @@ def memory_read_gbps(nbytes: int = 1 << 30, repeats: int = 5) -> float:
 
 def run_benchmark(path: str | Path, prompt_tokens: Sequence[int] = (128, 512), gen_tokens: int = 32,
                   repeats: int = 3, threads: int | None = None, dtype: str = "bfloat16", device: str = "cpu",
-                  seed: int = 0, concurrency: Sequence[int] = (), prefix_tokens: Sequence[int] = ()) -> dict:
+                  seed: int = 0, concurrency: Sequence[int] = (), prefix_tokens: Sequence[int] = (),
+                  structured: bool = False) -> dict:
     """Loads the model; for each prompt length prefills a fresh cache `repeats` times; then decodes
     `gen_tokens` greedily `repeats` times after the longest prompt, measuring the read bandwidth
     after each decode round. For each number of streams in `concurrency`, that many sequences
     (each after its own shortest-length prompt) decode `gen_tokens` together, one forward pass per
     step as the server's scheduler runs them. For each length in `prefix_tokens`, the time to the
     first token of a conversation's next turn, cold and resumed from the prefix cache its previous
-    turn left.
+    turn left. With `structured`, a reply decoded under a JSON response format against the same
+    reply free, through the chat path, and the grammar masks' share of it.
 
     The first prefill pages in the weights it touches (what a first request pays: reported as the
     cold time to first token); speeds are the best of the repeats, since a shared machine's noise
@@ -107,6 +109,7 @@ def run_benchmark(path: str | Path, prompt_tokens: Sequence[int] = (128, 512), g
             bandwidths.append(memory_read_gbps())
         streams = [_concurrent_decode(engine, n, min(prompt_tokens), gen_tokens, repeats, seed) for n in concurrency]
     prefixes = [_next_turn(engine, n, repeats) for n in prefix_tokens]
+    constrained = _structured_decode(engine, gen_tokens, repeats, seed) if structured else None
 
     config = engine.config
     decode_speed = gen_tokens / min(decode_seconds)
@@ -141,6 +144,7 @@ def run_benchmark(path: str | Path, prompt_tokens: Sequence[int] = (128, 512), g
         "decode_fraction_of_ceiling": round(decode_speed / ceiling, 3),
         "concurrency": streams,
         "prefix_cache": prefixes,
+        "structured_output": constrained,
     }
 
 
@@ -199,3 +203,34 @@ def _time_to_first_token(engine: Engine, messages: list[dict], params: Generatio
     started = time.perf_counter()
     result = engine.generate(messages, params).run()
     return time.perf_counter() - started, result.usage.cached_tokens
+
+
+def _structured_decode(engine: Engine, gen_tokens: int, repeats: int, seed: int) -> dict:
+    """Decode speed (after the first token) of a reply whose every token is grammar-constrained (a
+    JSON object answer, no reasoning) against the same request unconstrained, through the chat
+    path; and the time the masks took per constrained token (computing llguidance's bitmask and
+    applying it). Best of `repeats`; sampled with a fixed seed so that both replies run their full
+    length on a random-weight model."""
+    messages = [{"role": "user", "content": "Describe the committee's decision as a JSON object."}]
+    started = time.perf_counter()
+    engine.grammar_tokenizer  # noqa: B018 - built once per engine, on the first constrained request
+    tokenizer_seconds = time.perf_counter() - started
+    runs = {"free": [], "json": []}
+    mask_ms, json_tokens = [], 0
+    for _ in range(repeats):
+        for kind, response_format in (("free", None), ("json", {"type": "json_object"})):
+            params = GenerationParams(max_tokens=gen_tokens, temperature=1.0, seed=seed, max_reasoning_tokens=0,
+                                      response_format=response_format)
+            generation = engine.generate(messages, params)
+            next(generation)  # the prompt's prefill and the first token: not decode time
+            started = time.perf_counter()
+            result = generation.run()
+            runs[kind].append((result.usage.completion_tokens - 1) / (time.perf_counter() - started))
+            if kind == "json":
+                mask_ms.append(1e3 * result.mask_seconds / result.usage.completion_tokens)
+                json_tokens = result.usage.completion_tokens
+    return {"max_tokens": gen_tokens, "json_reply_tokens": json_tokens,
+            "grammar_tokenizer_seconds": round(tokenizer_seconds, 3),
+            "free_tokens_per_second": round(max(runs["free"]), 3),
+            "json_tokens_per_second": round(max(runs["json"]), 3),
+            "mask_ms_per_token": round(min(mask_ms), 4)}

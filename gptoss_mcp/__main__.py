@@ -31,7 +31,8 @@ def _bench(args: argparse.Namespace) -> int:
     try:
         result = run_benchmark(args.model, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
                                repeats=args.repeats, threads=args.threads, dtype=args.dtype, device=args.device,
-                               concurrency=args.concurrency, prefix_tokens=args.prefix_tokens)
+                               concurrency=args.concurrency, prefix_tokens=args.prefix_tokens,
+                               structured=args.structured)
     except (CheckpointError, ConfigError) as e:
         logging.getLogger("gptoss_mcp").error("model failed to load: %s", e)
         return EXIT_MODEL_FAILED
@@ -193,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--prefix-tokens", type=_positive_int, nargs="+", default=[], metavar="N",
                        help="also time the first token of a next turn after an N-token conversation, "
                             "cold and from the prefix cache, for each N given")
+    bench.add_argument("--structured", action="store_true",
+                       help="also decode a JSON-constrained reply against a free one and time the grammar masks")
     bench.add_argument("--repeats", type=_positive_int, default=3,
                        help="runs of each measurement; the best is reported (default: 3)")
     bench.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: all cores)")

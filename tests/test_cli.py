@@ -55,7 +55,7 @@ def test_bench_on_a_broken_model_exits_3_naming_the_problem(tmp_path):
 
 def test_bench_reports_json(tiny_dir):
     result = run_cli("bench", "--model", str(tiny_dir), "--prompt-tokens", "9", "5", "--gen-tokens", "3",
-                     "--repeats", "2", "--concurrency", "1", "3", "--json")
+                     "--repeats", "2", "--concurrency", "1", "3", "--structured", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert [p["prompt_tokens"] for p in report["prompts"]] == [9, 5]
@@ -73,6 +73,10 @@ def test_bench_reports_json(tiny_dir):
     for c in report["concurrency"]:
         assert c["aggregate_decode_tokens_per_second"] == pytest.approx(
             c["streams"] * c["per_stream_decode_tokens_per_second"], rel=1e-3) and c["aggregate_decode_tokens_per_second"] > 0
+    structured = report["structured_output"]
+    assert structured["max_tokens"] == 3 and 0 < structured["json_reply_tokens"] <= 3
+    assert structured["free_tokens_per_second"] > 0 and structured["json_tokens_per_second"] > 0
+    assert structured["mask_ms_per_token"] > 0 and structured["grammar_tokenizer_seconds"] > 0
 
 
 def test_bench_rejects_a_non_positive_repeat_count(tiny_dir):

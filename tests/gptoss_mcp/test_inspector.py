@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import jsonschema
 import pytest
 
 from tests.gptoss_mcp.server_process import http_server, server_env
@@ -43,6 +44,40 @@ def test_inspector_over_stdio(tiny_dir, cache_dir):
 
     bad = _inspect(server, "--method", "tools/call", "--tool-name", "embed", "--tool-args-json", '{"texts": [""]}')
     assert bad.returncode == 5  # the Inspector's TOOL_ERROR: an isError result
+
+
+PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 6},
+                                           "age": {"type": "integer", "minimum": 0, "maximum": 99}},
+          "required": ["name", "age"], "additionalProperties": False}
+WEATHER = {"name": "get_weather", "description": "Current weather in a city.",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 8}},
+                          "required": ["city"], "additionalProperties": False}}
+
+
+def test_inspector_structured_output_and_tool_calls(tiny_dir, cache_dir):
+    server = _stdio(tiny_dir, cache_dir)
+    listed = _inspect(server, "--method", "tools/list", "--format", "json", "-q")
+    assert listed.returncode == 0, listed.stderr
+    output_schema = next(t for t in json.loads(listed.stdout)["result"]["tools"] if t["name"] == "generate")["outputSchema"]
+
+    def generate(arguments: dict) -> dict:
+        call = _inspect(server, "--method", "tools/call", "--tool-name", "generate", "--tool-args-json",
+                        json.dumps(arguments), "--format", "json", "-q")
+        assert call.returncode == 0, call.stderr
+        result = json.loads(call.stdout)["result"]
+        assert result["isError"] is False
+        jsonschema.validate(result["structuredContent"], output_schema)
+        return result["structuredContent"]
+
+    answer = generate({"prompt": "A person, please.", "max_tokens": 100, "seed": 2, "max_reasoning_tokens": 6,
+                       "response_format": {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}}})
+    assert answer["finish_reason"] == "stop"
+    jsonschema.validate(answer["parsed"], PERSON)
+
+    called = generate({"prompt": "Weather?", "max_tokens": 100, "seed": 2, "max_reasoning_tokens": 6,
+                       "tools": [WEATHER], "tool_choice": {"name": "get_weather"}})
+    assert called["finish_reason"] == "tool_calls" and called["tool_calls"][0]["name"] == "get_weather"
+    jsonschema.validate(called["tool_calls"][0]["arguments"], WEATHER["parameters"])
 
 
 def test_inspector_over_http(tiny_dir, cache_dir):
