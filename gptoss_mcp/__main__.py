@@ -89,7 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
             kv_cache_mb=args.kv_cache_mb, prefix_cache_mb=args.prefix_cache_mb,
             progress_interval=args.progress_interval,
             auth_token_file=args.auth_token_file, allow_origins=tuple(args.allow_origin),
-            allow_hosts=tuple(args.allow_host))
+            allow_hosts=tuple(args.allow_host), openai_api=not args.no_openai_api)
         server_options = auth_options(settings)
     except ValueError as e:
         log.error("%s", e)
@@ -174,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--auth-token-file", type=Path, default=None, help="require this bearer token (HTTP)")
     serve.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN")
     serve.add_argument("--allow-host", action="append", default=[], metavar="HOST")
+    serve.add_argument("--no-openai-api", action="store_true",
+                       help="do not serve the OpenAI-compatible /v1 routes and /metrics (HTTP transport)")
     serve.set_defaults(run=_serve)
 
     make = commands.add_parser("make-model", help="write a random gpt-oss checkpoint in the real format")

@@ -20,7 +20,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import anyio
 
 if TYPE_CHECKING:
-    from engine import Engine, GenerationResult
+    from engine import Engine, GenerationResult, GenerationStep
     from engine.scheduler import Request, Scheduler
 
 logger = logging.getLogger(__name__)
@@ -79,6 +79,9 @@ class _Work:
     request: Request | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     future: Future = field(default_factory=Future)
+    steps: collections.deque | None = None  # streamed generations: steps made, not yet taken
+    accepted_at: float = 0.0                # monotonic time the engine thread took it
+    first_step_at: float | None = None      # ... and made its first token
 
 
 class EngineRunner:
@@ -111,6 +114,9 @@ class EngineRunner:
         self._may_load = threading.Event()
         self._load_timer: threading.Timer | None = None
         self._closed = False
+        # Called on the engine thread with (GenerationResult, accepted, first token, finished) monotonic
+        # times for every finished generation: the metrics' hook.
+        self.on_generated: Callable[[GenerationResult, float, float | None, float], None] | None = None
         self._thread = threading.Thread(target=self._main, args=(load, start_timeout), name="gptoss-engine",
                                         daemon=True)
         self._thread.start()
@@ -181,11 +187,26 @@ class EngineRunner:
         """Generates in the engine's batch; `params` are GenerationParams' fields (a bad one is a ValueError)."""
         return await self._submit(_Work(Progress("queued"), messages=messages, params=params), on_progress)
 
+    async def stream(self, messages: list[dict[str, Any]], params: dict[str, Any],
+                     on_progress: ProgressCallback | None = None) -> AsyncIterator[list[GenerationStep] | GenerationResult]:
+        """Like generate, but yields the new GenerationSteps as they are made (a list every poll that
+        has some), then the GenerationResult. Closing the iterator early cancels the generation."""
+        work = _Work(Progress("queued"), messages=messages, params=params, steps=collections.deque())
+        async for item in self._run(work, on_progress):
+            yield item
+
     async def call(self, work: Callable[[Engine], T], task: str, on_progress: ProgressCallback | None = None) -> T:
         """Runs `work(engine)` on the engine thread between two steps; `task` says what it does."""
         return await self._submit(_Work(Progress("queued", task=task), run=work), on_progress)
 
     async def _submit(self, work: _Work, on_progress: ProgressCallback | None) -> Any:
+        async for outcome in self._run(work, on_progress):
+            pass
+        return outcome
+
+    async def _run(self, work: _Work, on_progress: ProgressCallback | None) -> AsyncIterator[Any]:
+        """Hands `work` to the engine thread and follows it: yields lists of new steps (streamed
+        generations only) and, last, the outcome."""
         await self.wait_ready(on_progress)
         with self._lock:
             if self._accepted >= self.max_batch + self.max_waiting:  # the batch and the waiting room are full
@@ -204,13 +225,17 @@ class EngineRunner:
             last = time.monotonic()
             while not work.future.done():
                 await anyio.sleep(_POLL_SECONDS)
+                if work.steps:
+                    yield [work.steps.popleft() for _ in range(len(work.steps))]
                 if on_progress and time.monotonic() - last >= self.progress_interval:
                     last = time.monotonic()
                     request = work.request  # set on the engine thread; running once it joined the batch
                     if request is not None and request.running and work.progress.phase == "queued":
                         work.progress.prompt_tokens, work.progress.phase = request.prompt_tokens, "prefilling"
                     await on_progress(work.progress)
-            return work.future.result()
+            if work.steps:
+                yield list(work.steps)
+            yield work.future.result()
         except BaseException:
             work.cancelled.set()  # the caller went away (cancelled request, closed stream): it leaves the batch
             if not handed_over:
@@ -255,6 +280,7 @@ class EngineRunner:
             elif work.run is not None:
                 self._run_call(work)
             else:
+                work.accepted_at = time.monotonic()
                 try:
                     work.request = self._request_for(work)
                     self._scheduler.submit(work.request)
@@ -271,6 +297,10 @@ class EngineRunner:
             work.progress.phase = "generating"
             work.progress.tokens += 1
             work.progress.text += step.text
+            if work.first_step_at is None:
+                work.first_step_at = time.monotonic()
+            if work.steps is not None:
+                work.steps.append(step)
             with self._lock:
                 self.tokens_generated_total += 1
                 self._recent.append((time.monotonic(), self.tokens_generated_total))
@@ -294,6 +324,8 @@ class EngineRunner:
     def _settle(self, work: _Work, result: Any, error: BaseException | None) -> None:
         with self._lock:
             self._accepted -= 1
+        if self.on_generated is not None and work.request is not None and work.request.result is not None:
+            self.on_generated(work.request.result, work.accepted_at, work.first_step_at, time.monotonic())
         if error is not None:
             work.future.set_exception(error)
         else:

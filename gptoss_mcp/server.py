@@ -22,7 +22,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from gptoss_mcp import __version__
+from gptoss_mcp.http_security import transport_security
+from gptoss_mcp.metrics import ServerMetrics
 from gptoss_mcp.model_info import model_info, model_name
+from gptoss_mcp.openai_api import OpenAIApi
 from gptoss_mcp.runtime import Busy, EngineRunner, EngineUnavailable, Progress
 from gptoss_mcp.schemas import (Effort, EmbedResult, EmbedUsage, GenerateResult, Message, NamedToolChoice,
                                 ReasoningEffortResult, ResponseFormat, ToolCallOut, ToolSpec, Usage)
@@ -101,6 +104,7 @@ def build_server(settings: ServerSettings, runner: EngineRunner, **server_option
     """The MCPServer for these settings; `server_options` go to MCPServer (auth hooks)."""
     state = ServerState(reasoning_effort=settings.reasoning_effort)
     name = model_name(settings)
+    metrics = ServerMetrics(runner)
 
     # No lifespan: the model loads on the engine thread (nothing may wait for it before the first
     # reply), and the SSE transport would run a lifespan per connection. The caller owns the runner.
@@ -150,6 +154,7 @@ def build_server(settings: ServerSettings, runner: EngineRunner, **server_option
             "End the reasoning after this many tokens (default: none, except that a required JSON answer or "
             "tool call keeps a quarter of max_tokens)."))] = None,
     ) -> GenerateResult:
+        metrics.count("mcp", "generate")
         if (prompt is None) == (messages is None):
             raise ToolError("give exactly one of 'prompt' or 'messages'")
         if max_tokens is not None and max_tokens > settings.max_tokens_limit:
@@ -186,6 +191,7 @@ def build_server(settings: ServerSettings, runner: EngineRunner, **server_option
         texts: Annotated[list[str], Field(min_length=1, description="The texts to embed (each non-empty).")],
         normalize: Annotated[bool, Field(description="Scale each vector to unit length.")] = True,
     ) -> EmbedResult:
+        metrics.count("mcp", "embed")
         if len(texts) > settings.max_embed_texts:
             raise ToolError(f"texts has {len(texts)} entries; the server limit is {settings.max_embed_texts}")
         for i, text in enumerate(texts):
@@ -246,4 +252,8 @@ def build_server(settings: ServerSettings, runner: EngineRunner, **server_option
     async def healthz(_request: Request) -> JSONResponse:
         return JSONResponse({"state": runner.state})
 
+    if settings.serves_openai_api:
+        api = OpenAIApi(settings, runner, name, lambda: state.reasoning_effort, transport_security(settings),
+                        server_options.get("token_verifier"), metrics)
+        api.register(mcp)
     return mcp

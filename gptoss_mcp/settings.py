@@ -38,6 +38,7 @@ class ServerSettings:
     auth_token_file: Path | None = None
     allow_origins: tuple[str, ...] = field(default_factory=tuple)
     allow_hosts: tuple[str, ...] = field(default_factory=tuple)
+    openai_api: bool = True             # /v1 and /metrics beside /mcp (HTTP transport only)
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
@@ -61,6 +62,10 @@ class ServerSettings:
         if self.transport != "stdio" and not is_loopback(self.host) and self.auth_token_file is None:
             raise ValueError(f"refusing to serve on {self.host}, which is not a loopback address, without "
                              f"authentication: pass --auth-token-file (or bind 127.0.0.1)")
+
+    @property
+    def serves_openai_api(self) -> bool:
+        return self.openai_api and self.transport == "http"
 
     @property
     def is_demo(self) -> bool:
