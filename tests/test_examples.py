@@ -31,6 +31,13 @@ def test_openai_agents_example(tiny_dir, tmp_path):
     assert "tools: ['generate', 'embed', 'set_reasoning_effort']" in result.stdout and "direct call:" in result.stdout
 
 
+def test_openai_agents_chat_example_calls_the_python_tool_through_v1(tiny_dir, tmp_path):
+    result = _run("openai_agents_chat.py", tiny_dir, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tool calls: ['get_weather']" in result.stdout
+    assert "final output: sunny in " in result.stdout  # the Python function's own result
+
+
 def test_claude_desktop_config_is_a_valid_host_entry():
     entry = json.loads((EXAMPLES / "claude_desktop_config.json").read_text())["mcpServers"]["gpt-oss"]
     assert entry["command"].endswith("gptoss-mcp") and entry["args"][0] == "serve"
