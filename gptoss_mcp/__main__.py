@@ -89,16 +89,31 @@ def _serve(args: argparse.Namespace) -> int:
             kv_cache_mb=args.kv_cache_mb, prefix_cache_mb=args.prefix_cache_mb,
             progress_interval=args.progress_interval,
             auth_token_file=args.auth_token_file, allow_origins=tuple(args.allow_origin),
-            allow_hosts=tuple(args.allow_host), openai_api=not args.no_openai_api)
+            allow_hosts=tuple(args.allow_host), openai_api=not args.no_openai_api, backend=args.backend,
+            backend_model=args.backend_model, backend_api_key_file=args.backend_api_key_file,
+            backend_embeddings_url=args.backend_embeddings_url, backend_timeout=args.backend_timeout,
+            backend_retries=args.backend_retries)
         server_options = auth_options(settings)
     except ValueError as e:
         log.error("%s", e)
         return EXIT_BAD_ARGUMENTS
     end_on_signals()
-    runner = EngineRunner(functools.partial(_load_engine, settings), settings.max_waiting,
-                          settings.progress_interval, start_timeout=_LOAD_START_TIMEOUT, max_batch=settings.max_batch)
+    if settings.backend:
+        from gptoss_mcp.backend import BackendRunner
+
+        try:
+            runner = BackendRunner(settings.backend, settings.backend_model, settings.backend_api_key_file,
+                                   settings.backend_embeddings_url, settings.max_waiting, settings.max_batch,
+                                   settings.progress_interval, settings.backend_timeout, settings.backend_retries)
+        except (OSError, ValueError) as e:
+            log.error("%s", e)
+            return EXIT_BAD_ARGUMENTS
+    else:
+        runner = EngineRunner(functools.partial(_load_engine, settings), settings.max_waiting,
+                              settings.progress_interval, start_timeout=_LOAD_START_TIMEOUT,
+                              max_batch=settings.max_batch)
     mcp = build_server(settings, runner, **server_options)
-    log.info("serving %s over %s", settings.model, settings.transport)
+    log.info("serving %s over %s", "the backend" if settings.backend else settings.model, settings.transport)
     code = 0
     try:
         if settings.transport == "stdio":
@@ -176,6 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-host", action="append", default=[], metavar="HOST")
     serve.add_argument("--no-openai-api", action="store_true",
                        help="do not serve the OpenAI-compatible /v1 routes and /metrics (HTTP transport)")
+    serve.add_argument("--backend", default=None, metavar="URL",
+                       help="serve from this OpenAI-compatible server (e.g. vLLM's http://host:8000/v1) instead "
+                            "of loading a model")
+    serve.add_argument("--backend-model", default=None, metavar="NAME", help="the backend's model id")
+    serve.add_argument("--backend-api-key-file", type=Path, default=None, metavar="FILE",
+                       help="a file holding the backend's API key")
+    serve.add_argument("--backend-embeddings-url", default=None, metavar="URL",
+                       help="another OpenAI-compatible server for embed (default: the backend)")
+    serve.add_argument("--backend-timeout", type=float, default=120.0, metavar="SECONDS",
+                       help="how long the backend may stay silent (default 120)")
+    serve.add_argument("--backend-retries", type=int, default=3,
+                       help="retries of 429 / 503 / connection failures, with backoff (default 3)")
     serve.set_defaults(run=_serve)
 
     make = commands.add_parser("make-model", help="write a random gpt-oss checkpoint in the real format")

@@ -12,6 +12,8 @@ DEMO_NAME = "gpt-oss-demo"
 
 
 def model_name(settings: ServerSettings) -> str:
+    if settings.backend:
+        return settings.backend_model or "gpt-oss"
     if settings.is_demo:
         return DEMO_NAME
     path = Path(settings.model).resolve()
@@ -19,6 +21,10 @@ def model_name(settings: ServerSettings) -> str:
 
 
 def model_info(settings: ServerSettings, runner: EngineRunner) -> dict[str, Any]:
+    if settings.backend:
+        return {"name": model_name(settings), "path": None, "demo": False, "state": runner.state, "config": None,
+                "parameters": None, "weight_format": None, "dtype": None, "device": None, "ops_backend": "remote",
+                "cpu_kernels": None, "backend": runner.describe()}
     engine = runner.engine
     info: dict[str, Any] = {
         "name": model_name(settings),

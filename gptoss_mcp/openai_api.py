@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -111,18 +112,13 @@ class OpenAIApi:
                                        f"{self.settings.max_embed_text_chars}", "input", "input_too_long")
         self.metrics.count("openai", "embeddings")
 
-        def work(engine):
-            tokens = sum(len(ids) for ids in engine.tokenizer.encode_batch(texts))
-            return engine.embed(texts), tokens
-
-        outcome = await self._engine(request, lambda: self.runner.call(work, f"embedding {len(texts)} text(s)"),
-                                     {"input"})
+        outcome = await self._engine(request, lambda: self.runner.embed(texts), {"input"})
         if outcome is None:
             return Response()
         vectors, tokens = outcome
         data = [{"object": "embedding", "index": i,
-                 "embedding": base64.b64encode(row.numpy().astype("<f4").tobytes()).decode()
-                 if encoding == "base64" else row.tolist()} for i, row in enumerate(vectors)]
+                 "embedding": base64.b64encode(struct.pack(f"<{len(row)}f", *row)).decode()
+                 if encoding == "base64" else row} for i, row in enumerate(vectors)]
         return JSONResponse({"object": "list", "data": data, "model": self.model,
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 

@@ -195,6 +195,15 @@ class EngineRunner:
         async for item in self._run(work, on_progress):
             yield item
 
+    async def embed(self, texts: list[str], normalize: bool = True,
+                    on_progress: ProgressCallback | None = None) -> tuple[list[list[float]], int]:
+        """(one vector per text, the texts' token count); bad texts are a ValueError."""
+        def work(engine):
+            tokens = sum(len(ids) for ids in engine.tokenizer.encode_batch(texts))
+            return engine.embed(texts, normalize=normalize).tolist(), tokens
+
+        return await self.call(work, f"embedding {len(texts)} text(s)", on_progress)
+
     async def call(self, work: Callable[[Engine], T], task: str, on_progress: ProgressCallback | None = None) -> T:
         """Runs `work(engine)` on the engine thread between two steps; `task` says what it does."""
         return await self._submit(_Work(Progress("queued", task=task), run=work), on_progress)

@@ -201,14 +201,9 @@ def build_server(settings: ServerSettings, runner: EngineRunner, **server_option
                 raise ToolError(f"texts[{i}] has {len(text)} characters; the server limit is "
                                 f"{settings.max_embed_text_chars}")
 
-        def work(engine):
-            tokens = sum(len(ids) for ids in engine.tokenizer.encode_batch(texts))
-            return engine.embed(texts, normalize=normalize), tokens
-
-        vectors, tokens = await _engine_call(runner.call(work, f"embedding {len(texts)} text(s)",
-                                                         _ProgressReporter(ctx, None)))
-        return EmbedResult(embeddings=vectors.tolist(), dimensions=vectors.shape[1],
-                           model=name, usage=EmbedUsage(prompt_tokens=tokens))
+        vectors, tokens = await _engine_call(runner.embed(texts, normalize, _ProgressReporter(ctx, None)))
+        return EmbedResult(embeddings=vectors, dimensions=len(vectors[0]), model=name,
+                           usage=EmbedUsage(prompt_tokens=tokens))
 
     @mcp.tool(
         description=("Set the default reasoning effort (low, medium or high) that `generate` uses when a call "

@@ -39,6 +39,12 @@ class ServerSettings:
     allow_origins: tuple[str, ...] = field(default_factory=tuple)
     allow_hosts: tuple[str, ...] = field(default_factory=tuple)
     openai_api: bool = True             # /v1 and /metrics beside /mcp (HTTP transport only)
+    backend: str | None = None          # a remote OpenAI-compatible server to serve from, instead of the engine
+    backend_model: str | None = None    # its model id (default: the first it lists)
+    backend_api_key_file: Path | None = None
+    backend_embeddings_url: str | None = None
+    backend_timeout: float = 120.0      # seconds the backend may stay silent
+    backend_retries: int = 3            # retries of 429 / 503 / connection failures
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
@@ -55,6 +61,11 @@ class ServerSettings:
             raise ValueError(f"kv_cache_mb must be positive, got {self.kv_cache_mb}")
         if self.prefix_cache_mb is not None and self.prefix_cache_mb < 0:
             raise ValueError(f"prefix_cache_mb must be >= 0 (0 disables it), got {self.prefix_cache_mb}")
+        if self.backend_timeout <= 0 or self.backend_retries < 0:
+            raise ValueError(f"backend_timeout must be positive and backend_retries >= 0, got "
+                             f"{self.backend_timeout} and {self.backend_retries}")
+        if self.backend is None and (self.backend_model or self.backend_api_key_file or self.backend_embeddings_url):
+            raise ValueError("--backend-model, --backend-api-key-file and --backend-embeddings-url need --backend URL")
         if self.max_waiting < 0:
             raise ValueError(f"max_waiting must be >= 0, got {self.max_waiting}")
         if self.default_max_tokens > self.max_tokens_limit:
