@@ -315,13 +315,8 @@ class BackendRunner:
                     try:
                         async with client.stream("POST", self.url + "/chat/completions", json=body,
                                                  headers=self._headers()) as response:
-                            if response.status_code in (429, 503):
-                                if attempt < self.retries:
-                                    await asyncio.sleep(self._delay(attempt, response))
-                                    continue
-                                raise (Busy if response.status_code == 429 else BackendUnavailable)(
-                                    f"the backend at {self.public_url} answered {response.status_code} "
-                                    f"{self.retries + 1} times; gave up")
+                            if await self._retry_later(attempt, response, self.url):
+                                continue
                             if response.status_code >= 400:
                                 await response.aread()
                                 raise self._http_error(response, "chat/completions")
@@ -371,19 +366,25 @@ class BackendRunner:
                         continue
                     raise BackendUnavailable(f"cannot reach the backend at {_public(url)} "
                                              f"({self.retries + 1} attempts): {type(e).__name__}: {e}") from None
-                if response.status_code in (429, 503):
-                    if attempt < self.retries:
-                        await asyncio.sleep(self._delay(attempt, response))
-                        continue
-                    raise (Busy if response.status_code == 429 else BackendUnavailable)(
-                        f"the backend at {_public(url)} answered {response.status_code} {self.retries + 1} times; "
-                        f"gave up")
+                if await self._retry_later(attempt, response, url):
+                    continue
                 if response.status_code in (404, 405) and missing:
                     raise BackendUnavailable(missing)
                 if response.status_code >= 400:
                     raise self._http_error(response, url.rsplit("/", 1)[-1])
                 return response
         raise AssertionError("every attempt returns or raises")
+
+    async def _retry_later(self, attempt: int, response: httpx.Response, url: str) -> bool:
+        """True after waiting out a 429 / 503 that may still be retried; raises once the retries are
+        spent (Busy for 429); False for any other answer."""
+        if response.status_code not in (429, 503):
+            return False
+        if attempt < self.retries:
+            await asyncio.sleep(self._delay(attempt, response))
+            return True
+        raise (Busy if response.status_code == 429 else BackendUnavailable)(
+            f"the backend at {_public(url)} answered {response.status_code} {self.retries + 1} times; gave up")
 
     def _delay(self, attempt: int, response: httpx.Response | None) -> float:
         delay = self.backoff * 2 ** attempt

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import anyio
 import httpx2
 from mcp import Client, StdioServerParameters
 from mcp.client.sse import sse_client
@@ -74,3 +75,23 @@ def client_for(transport: str, target, mode: str) -> Client:
     if transport == "http":
         return Client(target + "/mcp", mode=mode)
     return Client(sse_client(target + "/sse"), mode=mode)
+
+
+async def cancel_once_generating(client: Client, arguments: dict, while_generating=None) -> None:
+    """Calls `generate` with `arguments`, waits until it has made a token (progress >= 1), runs
+    `while_generating()` if given, then abandons the call: the client sends notifications/cancelled."""
+    generating = anyio.Event()
+
+    async def on_progress(value, total, message):
+        if value >= 1:
+            generating.set()
+
+    async with anyio.create_task_group() as tg:
+        async def call():
+            await client.call_tool("generate", arguments, progress_callback=on_progress)
+
+        tg.start_soon(call)
+        await generating.wait()
+        if while_generating is not None:
+            while_generating()
+        tg.cancel_scope.cancel()

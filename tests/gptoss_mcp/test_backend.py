@@ -18,7 +18,7 @@ import pytest
 
 from gptoss_mcp.backend import BackendRunner, BackendUnavailable
 from gptoss_mcp.runtime import Busy
-from tests.gptoss_mcp.server_process import client_for, free_port, http_server, stdio_params
+from tests.gptoss_mcp.server_process import cancel_once_generating, client_for, free_port, http_server, stdio_params
 
 WEATHER = {"name": "get_weather", "description": "Current weather in a city.",
            "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 8}},
@@ -75,20 +75,10 @@ def test_mcp_tools_through_a_gptoss_backend(backend, tiny_dir, cache_dir, transp
         assert "secret" not in json.dumps([model, status])
 
         # cancelling the MCP call closes the backend stream: the backend's batch empties
-        started = anyio.Event()
-
-        async def long_generation(value, total, message):
-            if value >= 1:
-                started.set()
-
-        async with anyio.create_task_group() as tg:
-            async def call():
-                await client.call_tool("generate", {"prompt": "Go on", "max_tokens": 3000},
-                                       progress_callback=long_generation)
-            tg.start_soon(call)
-            await started.wait()
+        def decoding_on_the_backend():
             assert _metric(backend, "gptoss_active_sequences") == 1
-            tg.cancel_scope.cancel()
+
+        await cancel_once_generating(client, {"prompt": "Go on", "max_tokens": 3000}, decoding_on_the_backend)
         deadline = time.monotonic() + 10
         while _metric(backend, "gptoss_active_sequences"):
             assert time.monotonic() < deadline
@@ -251,5 +241,89 @@ def test_faults_are_tool_errors_and_the_server_keeps_serving(scripted, tiny_dir,
             assert stalled.is_error and "sent nothing for 1 s" in stalled.content[0].text
             ok = await client.call_tool("generate", {"prompt": "hi", "max_tokens": 5})
             assert not ok.is_error and ok.structured_content["text"] == "Hello world"
+
+    anyio.run(main)
+
+
+# --- llama.cpp's llama-server as the backend --------------------------------------------------------
+
+def _llama_cpp_dir():
+    """The llama.cpp tree with a built llama-server (a 10-minute build, kept outside the clone)."""
+    import os
+    from pathlib import Path
+
+    root = Path(os.environ.get("GPTOSS_LLAMA_CPP_DIR", "/work/peers/llama_cpp_python-0.3.36/vendor/llama.cpp"))
+    return root if (root / "build/bin/llama-server").is_file() and (root / "convert_hf_to_gguf.py").is_file() else None
+
+
+@pytest.fixture(scope="module")
+def llama_server(tiny_dir, tmp_path_factory):
+    import subprocess
+    import sys
+
+    root = _llama_cpp_dir()
+    if root is None:
+        pytest.skip("llama.cpp's llama-server is not built here: set GPTOSS_LLAMA_CPP_DIR to a llama.cpp tree "
+                    "with build/bin/llama-server (README, Testing, says how to build it)")
+    gguf = tmp_path_factory.mktemp("gguf") / "tiny-bf16.gguf"
+    converted = subprocess.run([sys.executable, str(root / "convert_hf_to_gguf.py"), str(tiny_dir), "--outfile",
+                                str(gguf), "--outtype", "bf16"], capture_output=True, text=True, timeout=300)
+    assert converted.returncode == 0, converted.stderr[-2000:]
+    port = free_port()
+    process = subprocess.Popen([str(root / "build/bin/llama-server"), "-m", str(gguf), "--port", str(port),
+                                "-t", "2", "-c", "4096", "--metrics", "--jinja"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(base + "/health").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None and time.monotonic() < deadline, "llama-server did not start"
+        time.sleep(0.2)
+    yield base
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def _llama_busy(base: str) -> float:
+    for line in httpx.get(base + "/metrics").text.splitlines():
+        if line.startswith("llamacpp:requests_processing"):
+            return float(line.split()[1])
+    raise KeyError("llamacpp:requests_processing")
+
+
+def test_mcp_tools_through_llama_server(llama_server, tiny_dir, cache_dir):
+    async def main():
+        async with client_for("stdio", stdio_params(tiny_dir, cache_dir, "--backend", llama_server), "auto") as client:
+            progress = []
+
+            async def on_progress(value, total, message):
+                progress.append(message)
+
+            out = await client.call_tool("generate", {"prompt": "Tell a story", "max_tokens": 40, "seed": 1},
+                                         progress_callback=on_progress)
+            assert not out.is_error, out.content
+            assert out.structured_content["usage"]["completion_tokens"] > 0 and progress
+
+            embedded = await client.call_tool("embed", {"texts": ["a"]})  # llama-server without --embeddings
+            assert embedded.is_error and "embeddings" in embedded.content[0].text
+
+            status = await _read_json(client, "gptoss://status")
+            assert status["backend"]["reachable"] and status["backend"]["url"] == llama_server + "/v1"
+
+            def decoding_on_llama_server():
+                assert _llama_busy(llama_server) == 1
+
+            # cancelling closes the stream to llama-server, which frees its slot
+            await cancel_once_generating(client, {"prompt": "Go on", "max_tokens": 3000}, decoding_on_llama_server)
+            deadline = time.monotonic() + 10
+            while _llama_busy(llama_server):
+                assert time.monotonic() < deadline
+                await anyio.sleep(0.1)
+            again = await client.call_tool("generate", {"prompt": "hi", "max_tokens": 5})
+            assert not again.is_error
 
     anyio.run(main)

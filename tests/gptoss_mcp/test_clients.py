@@ -10,7 +10,7 @@ import anyio
 import pytest
 from mcp import MCPError
 
-from tests.gptoss_mcp.server_process import client_for, http_server, stdio_params
+from tests.gptoss_mcp.server_process import cancel_once_generating, client_for, http_server, stdio_params
 
 TRANSPORTS = ["stdio", "http", "sse"]
 MODES = ["legacy", "auto"]  # initialize-based 2025-11-25, and the SDK default (2026-07-28 when offered)
@@ -123,18 +123,7 @@ def test_progress_then_cancellation_then_a_working_request(target, mode):
             texts = [m for *_, m in progress if m and not m.startswith(("loading", "queued", "prefilling"))]
             assert texts and all(out["text"].startswith(m) for m in texts)  # the text so far, growing
 
-            started = anyio.Event()
-
-            async def long_generation(on_progress_value, total, message):
-                started.set()
-
-            async with anyio.create_task_group() as tg:
-                async def call():
-                    await client.call_tool("generate", {"prompt": "Go on", "max_tokens": 4000},
-                                           progress_callback=long_generation)
-                tg.start_soon(call)
-                await started.wait()
-                tg.cancel_scope.cancel()  # abandons the request: the client sends notifications/cancelled
+            await cancel_once_generating(client, {"prompt": "Go on", "max_tokens": 4000})
 
             deadline = time.monotonic() + 10  # until the cancelled call has left (it may not have started yet)
             while (status := await _read_json(client, "gptoss://status"))["requests_in_flight"] or \

@@ -267,3 +267,10 @@ def test_metrics(server, client):
                  "gptoss_time_per_output_token_seconds_count", "gptoss_requests_waiting", "gptoss_active_sequences",
                  "gptoss_prefix_cache_hit_tokens_total", "gptoss_kv_bytes"):
         assert name in text, name
+
+
+def test_no_openai_api_turns_the_routes_off(tiny_dir, cache_dir):
+    with http_server(tiny_dir, cache_dir, "http", "--no-openai-api") as (_, base):
+        assert httpx.get(base + "/v1/models").status_code == 404
+        assert httpx.get(base + "/metrics").status_code == 404
+        assert httpx.get(base + "/healthz").status_code == 200
