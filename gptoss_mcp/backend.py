@@ -140,6 +140,7 @@ class BackendRunner:
         self.url = _api_base(url)
         self.embeddings_url = _api_base(embeddings_url) if embeddings_url else self.url
         self.public_url = _public(self.url)  # for messages and status: never the credentials
+        self._embeddings_model = None if embeddings_url else model  # None: found on first use
         self.model = model
         self._key = Path(api_key_file).read_text(encoding="utf-8").strip() if api_key_file else None
         self.max_waiting, self.max_batch, self.progress_interval = max_waiting, max_batch, progress_interval
@@ -193,6 +194,8 @@ class BackendRunner:
             self.model = models[0]
         elif models and self.model not in models:
             logger.warning("the backend at %s lists %s, not %r: asking for it anyway", self.public_url, models, self.model)
+        if self.embeddings_url == self.url:
+            self._embeddings_model = self.model
         self.reachable, self.error, self.state = True, None, "ready"
         logger.info("backend %s ready, model %s", self.public_url, self.model)
 
@@ -216,9 +219,11 @@ class BackendRunner:
         body = self._chat_body(messages, params)
         events: asyncio.Queue = asyncio.Queue()
         reader = asyncio.get_running_loop().create_task(self._read_stream(body, events))
-        reply, progress = _Reply(), Progress("prefilling")
+        reply, progress = _Reply(), Progress("running", task=f"waiting for the backend at {self.public_url}")
         last_event = last_progress = time.monotonic()
         try:
+            if on_progress:  # as the call is accepted: one that ends within an interval still reports
+                await on_progress(progress)
             while True:
                 try:
                     kind, value = await asyncio.wait_for(events.get(), timeout=self.progress_interval)
@@ -258,8 +263,11 @@ class BackendRunner:
         await self.wait_ready(on_progress)
         self._enter()
         try:
+            if self._embeddings_model is None:  # another server's: ask it for its own model id
+                models = (await self._request("GET", self.embeddings_url + "/models")).json().get("data") or []
+                self._embeddings_model = models[0].get("id") if models else self.model
             reply = await self._request("POST", self.embeddings_url + "/embeddings",
-                                        json={"model": self.model, "input": texts}, missing=(
+                                        json={"model": self._embeddings_model, "input": texts}, missing=(
                 f"the backend at {self.embeddings_url} has no /embeddings endpoint; serve embeddings there or "
                 f"pass --backend-embeddings-url"))
         finally:
@@ -368,8 +376,9 @@ class BackendRunner:
                                              f"({self.retries + 1} attempts): {type(e).__name__}: {e}") from None
                 if await self._retry_later(attempt, response, url):
                     continue
-                if response.status_code in (404, 405) and missing:
-                    raise BackendUnavailable(missing)
+                if response.status_code in (404, 405, 501) and missing:
+                    raise BackendUnavailable(f"{missing} (it answered {response.status_code}: "
+                                             f"{_message(_json_or_text(response))})")
                 if response.status_code >= 400:
                     raise self._http_error(response, url.rsplit("/", 1)[-1])
                 return response
@@ -480,6 +489,13 @@ def _public(url: str) -> str:
     """The URL without user:password@."""
     parts = urlsplit(url)
     return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
+
+
+def _json_or_text(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text[:300]
 
 
 def _message(body: Any) -> str:

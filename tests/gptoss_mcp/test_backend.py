@@ -139,6 +139,9 @@ class _Script(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
+        if step == "reasoning_content":  # llama.cpp's name for the reasoning
+            thought = {"choices": [{"index": 0, "delta": {"reasoning_content": "Think."}, "finish_reason": None}]}
+            self.wfile.write(f"data: {json.dumps(thought)}\n\n".encode())
         self.wfile.write(_chunk("Hello"))
         self.wfile.flush()
         if step == "stall":
@@ -220,6 +223,19 @@ def test_a_backend_400_is_the_callers_bad_request(scripted):
     _Script.plan = ["400"]
     with pytest.raises(ValueError, match=r"the backend refused the request \(400\): scripted: messages are malformed"):
         _generate(_runner(scripted))
+
+
+def test_reasoning_is_read_under_either_name(scripted):
+    _Script.plan = ["reasoning_content"]
+    result = _generate(_runner(scripted))
+    assert result.reasoning == "Think." and result.text == "Hello world"
+
+
+def test_embeddings_can_come_from_another_server(scripted, backend):
+    runner = _runner(scripted, embeddings_url=backend)
+    vectors, tokens = anyio.run(runner.embed, ["a cat", "a dog"])
+    assert len(vectors) == 2 and len(vectors[0]) == 64 and tokens > 0
+    assert runner.describe()["embeddings_url"] == backend + "/v1"
 
 
 def test_embed_says_when_the_backend_has_no_embeddings(scripted):

@@ -274,3 +274,15 @@ def test_no_openai_api_turns_the_routes_off(tiny_dir, cache_dir):
         assert httpx.get(base + "/v1/models").status_code == 404
         assert httpx.get(base + "/metrics").status_code == 404
         assert httpx.get(base + "/healthz").status_code == 200
+
+
+def test_a_client_that_gives_up_on_a_plain_reply_cancels_it(server):
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    before = _wait_idle(server, auth)["gptoss_generated_tokens_total"]
+    with pytest.raises(httpx.TimeoutException):  # the client hangs up after 1.5 s
+        httpx.post(server + "/v1/chat/completions", headers=auth, timeout=1.5, json={
+            "model": "tiny", "messages": [{"role": "user", "content": "go"}], "max_tokens": 3000})
+    values = _wait_idle(server, auth)
+    generated = values["gptoss_generated_tokens_total"] - before
+    time.sleep(0.5)
+    assert _status(server, auth)["gptoss_generated_tokens_total"] - before == generated < 3000
