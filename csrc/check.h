@@ -33,4 +33,30 @@ inline std::vector<int64_t> mxfp4_dequantize_out_shape(const at::Tensor& blocks,
   return out_shape;
 }
 
+// linear_q8's arguments, checked the same way on every device; returns the bias as contiguous float32
+// (undefined without one).
+inline at::Tensor check_linear_q8(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                                  const c10::optional<at::Tensor>& bias_opt) {
+  GPTOSS_CHECK_DIM(qweight, 2);
+  GPTOSS_CHECK_DTYPE(qweight, at::kChar);
+  GPTOSS_CHECK_DTYPE(scales, at::kHalf);
+  const int64_t in = qweight.size(1), out_features = qweight.size(0);
+  TORCH_CHECK(in % 32 == 0, "qweight rows must hold whole blocks of 32 values, got ", in, " columns");
+  TORCH_CHECK(scales.dim() == 2 && scales.size(0) == out_features && scales.size(1) == in / 32,
+              "scales must have shape [", out_features, ", ", in / 32, "] (one per block of 32), got ", scales.sizes());
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == in, "x rows must have ", in, " entries (qweight's columns), got shape ",
+              x.sizes());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "x must be a floating-point tensor, got ", x.scalar_type());
+  GPTOSS_CHECK_SAME_DEVICE(x, qweight);
+  GPTOSS_CHECK_SAME_DEVICE(scales, qweight);
+  if (!bias_opt.has_value() || !bias_opt->defined()) return at::Tensor();
+  const at::Tensor& bias = *bias_opt;
+  GPTOSS_CHECK_DIM(bias, 1);
+  TORCH_CHECK(bias.size(0) == out_features, "bias has ", bias.size(0), " entries but qweight has ", out_features,
+              " rows");
+  TORCH_CHECK(at::isFloatingType(bias.scalar_type()), "bias must be a floating-point tensor, got ", bias.scalar_type());
+  GPTOSS_CHECK_SAME_DEVICE(bias, qweight);
+  return bias.to(at::kFloat).contiguous();
+}
+
 }  // namespace gptoss

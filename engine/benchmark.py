@@ -49,7 +49,7 @@ def memory_read_gbps(nbytes: int = 1 << 30, repeats: int = 5) -> float:
 def run_benchmark(path: str | Path, prompt_tokens: Sequence[int] = (128, 512), gen_tokens: int = 32,
                   repeats: int = 3, threads: int | None = None, dtype: str = "bfloat16", device: str = "cpu",
                   seed: int = 0, concurrency: Sequence[int] = (), prefix_tokens: Sequence[int] = (),
-                  structured: bool = False) -> dict:
+                  structured: bool = False, weights: str | None = None) -> dict:
     """Loads the model; for each prompt length prefills a fresh cache `repeats` times; then decodes
     `gen_tokens` greedily `repeats` times after the longest prompt, measuring the read bandwidth
     after each decode round. For each number of streams in `concurrency`, that many sequences
@@ -74,7 +74,7 @@ def run_benchmark(path: str | Path, prompt_tokens: Sequence[int] = (128, 512), g
         torch.set_num_threads(threads)
     rss_before = current_rss_bytes()
     started = time.perf_counter()
-    engine = Engine.load(path, device=device, dtype=dtype)
+    engine = Engine.load(path, device=device, dtype=dtype, weights=weights)
     load_seconds = time.perf_counter() - started
     rss_after_load = current_rss_bytes()
 
@@ -114,13 +114,14 @@ def run_benchmark(path: str | Path, prompt_tokens: Sequence[int] = (128, 512), g
     config = engine.config
     decode_speed = gen_tokens / min(decode_seconds)
     bandwidth = max(bandwidths)
-    weight_bytes = decode_bytes_per_token(config)
+    weight_bytes = decode_bytes_per_token(config, int8=weights == "int8")
     ceiling = bandwidth * 1e9 / weight_bytes
     return {
         "model": str(path),
         "layers": config.num_hidden_layers,
         "experts": config.num_local_experts,
         "dtype": dtype,
+        "weights": weights or "as stored",
         "device": str(engine.device),
         "threads": torch.get_num_threads(),
         "ops_backend": ops.active_backend(),

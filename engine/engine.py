@@ -44,6 +44,7 @@ class EngineOptions:
     max_context: int | None = None  # None: the model's max_position_embeddings
     prefill_chunk: int = 512        # prompt tokens per forward pass; bounds activation memory
     embed_batch_tokens: int = 4096  # padded tokens per embedding forward pass
+    weights: str | None = None          # "int8": attention and unembedding in Q8_0; None / "bf16": as stored
     kv_cache_mb: int | None = None      # KV memory of running sequences; None: a share of the machine's
     prefix_cache_mb: int | None = None  # KV kept for reuse across requests; 0 disables; None: default
 
@@ -52,6 +53,8 @@ class EngineOptions:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
         if self.max_context is not None and self.max_context <= 0:
             raise ValueError(f"max_context must be positive, got {self.max_context}")
+        if self.weights not in (None, "bf16", "int8"):
+            raise ValueError(f"weights must be 'bf16' or 'int8', got {self.weights!r}")
         if self.prefill_chunk <= 0:
             raise ValueError(f"prefill_chunk must be positive, got {self.prefill_chunk}")
         if self.embed_batch_tokens <= 0:
@@ -76,7 +79,7 @@ class Engine:
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", dtype: str = "bfloat16", *,
              max_context: int | None = None, prefill_chunk: int = 512, embed_batch_tokens: int = 4096,
-             kv_cache_mb: int | None = None, prefix_cache_mb: int | None = None,
+             kv_cache_mb: int | None = None, prefix_cache_mb: int | None = None, weights: str | None = None,
              on_step: Callable[[str], None] | None = None) -> Engine:
         """Loads a Hugging Face-layout model directory or its `original/` subdirectory.
 
@@ -86,6 +89,8 @@ class Engine:
         `kv_cache_mb` bounds the KV memory of running sequences (default: a quarter of the machine's
         memory, or three quarters of the GPU's free memory); `prefix_cache_mb` the KV kept for reuse across
         requests (default: 1 GiB or an eighth of the memory, whichever is less; 0 disables).
+        `weights="int8"` quantizes the attention projections and the unembedding to 8 bits at load
+        (llama.cpp's Q8_0: a float16 scale per 32 values); the MXFP4 experts are unchanged.
 
         Raises:
             ConfigError, CheckpointError: the message names the file and field or tensor.
@@ -93,7 +98,7 @@ class Engine:
         """
         options = EngineOptions(device=device, dtype=dtype, max_context=max_context,
                                 prefill_chunk=prefill_chunk, embed_batch_tokens=embed_batch_tokens,
-                                kv_cache_mb=kv_cache_mb, prefix_cache_mb=prefix_cache_mb)
+                                kv_cache_mb=kv_cache_mb, prefix_cache_mb=prefix_cache_mb, weights=weights)
         path = Path(path)
         if not path.is_dir():
             raise CheckpointError(f"{path}: model directory not found")
@@ -116,12 +121,17 @@ class Engine:
             state[name.removeprefix("model.")] = tensor.to(device=torch_device, dtype=target)
         model = Transformer(config, compute_dtype)
         model.load_state_dict(state, strict=True, assign=True)
+        if weights == "int8":
+            mapped = torch_device.type == "cpu" and all(
+                t.dtype == compute_dtype for n, t in tensors.items() if specs[n].kind == "dense")
+            model.quantize_dense_(originals_mapped=mapped)
         model.bind_device(torch_device)
         model.eval()
         engine = cls(path, config, model, options, torch_device)
         kernels = f", CPU kernels {engine.cpu_kernels}" if engine.cpu_kernels else ""
+        precision = f"{dtype}, int8 attention and unembedding" if weights == "int8" else dtype
         logger.info("loaded %s (%d layers, %s on %s, ops %s%s) in %.1f s", path, config.num_hidden_layers,
-                    dtype, torch_device, ops.active_backend(), kernels, time.perf_counter() - started)
+                    precision, torch_device, ops.active_backend(), kernels, time.perf_counter() - started)
         return engine
 
     @property

@@ -19,6 +19,7 @@ from torch import nn
 
 from engine import ops
 from engine.config import ModelConfig, yarn_correction_range
+from engine.int8 import drop_pages, quantize_q8_0
 from engine.kv_cache import KVCache
 
 
@@ -38,6 +39,20 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.linear(x, self.weight, self.bias)
+
+
+class Q8Linear(nn.Module):
+    """Linear with its weight in Q8_0's layout (engine.int8): int8 values, a float16 scale per 32."""
+
+    def __init__(self, linear: Linear):
+        super().__init__()
+        qweight, scales = quantize_q8_0(linear.weight)
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scales", scales)
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.linear_q8(x, self.qweight, self.scales, self.bias)
 
 
 class RMSNorm(nn.Module):
@@ -194,6 +209,17 @@ class Transformer(nn.Module):
 
     def bind_device(self, device: torch.device) -> None:
         self.rope = RotaryEmbedding(self.config, device)
+
+    def quantize_dense_(self, originals_mapped: bool) -> None:
+        """Attention q/k/v/o and the unembedding to 8 bits (Q8_0's layout and error), in place. When
+        the originals are views of the memory-mapped checkpoint, their pages are given back, so that
+        memory holds the int8 copies instead of both."""
+        modules = [(layer.self_attn, name) for layer in self.layers for name in ("q_proj", "k_proj", "v_proj", "o_proj")]
+        for owner, name in [*modules, (self, "lm_head")]:
+            original = getattr(owner, name)
+            setattr(owner, name, Q8Linear(original))
+            if originals_mapped:
+                drop_pages(original.weight)
 
     def forward(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Runs ids [B, T] after the cached context; returns final-normed hidden states [B, T, D] float32."""

@@ -196,15 +196,19 @@ def parameter_count(config: ModelConfig) -> int:
     return total
 
 
-def decode_bytes_per_token(config: ModelConfig) -> int:
+def decode_bytes_per_token(config: ModelConfig, int8: bool = False) -> int:
     """Weight bytes one decoded token reads at batch 1: every dense tensor, one embedding row, and
-    the packed bytes and biases of the experts_per_token experts it is routed to in each layer."""
+    the packed bytes and biases of the experts_per_token experts it is routed to in each layer.
+    With `int8`, attention and unembedding weights count a byte per value plus a float16 scale per 32."""
     total = 0
     for name, spec in canonical_specs(config).items():
         numel = 1
         for dim in spec.shape:
             numel *= dim
         nbytes = numel * (2 if spec.dtype == "BF16" else 1)
+        quantized = name == "lm_head.weight" or (".self_attn." in name and name.endswith("_proj.weight"))
+        if int8 and quantized:  # what weights="int8" stores in Q8_0
+            nbytes = numel + numel // 16
         if name == "model.embed_tokens.weight":
             total += 2 * config.hidden_size
         elif ".mlp.experts." in name:

@@ -31,6 +31,7 @@ def _bench(args: argparse.Namespace) -> int:
     try:
         result = run_benchmark(args.model, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
                                repeats=args.repeats, threads=args.threads, dtype=args.dtype, device=args.device,
+                               weights=args.weights,
                                concurrency=args.concurrency, prefix_tokens=args.prefix_tokens,
                                structured=args.structured)
     except (CheckpointError, ConfigError) as e:
@@ -50,7 +51,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     log = logging.getLogger("gptoss_mcp")
     try:
-        engine = Engine.load(args.model, device=args.device, dtype=args.dtype)
+        engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights)
         params = GenerationParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                                   seed=args.seed, reasoning_effort=args.reasoning_effort,
                                   instructions=args.instructions)
@@ -83,7 +84,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         settings = ServerSettings(
             model=args.model or ServerSettings.model_from_env(), transport=args.transport, host=args.host,
-            port=args.port, device=args.device, dtype=args.dtype, threads=args.threads,
+            port=args.port, device=args.device, dtype=args.dtype, weights=args.weights, threads=args.threads,
             reasoning_effort=args.reasoning_effort, max_context=args.max_context,
             max_tokens_limit=args.max_tokens_limit, max_batch=args.max_batch, max_waiting=args.max_waiting,
             kv_cache_mb=args.kv_cache_mb, prefix_cache_mb=args.prefix_cache_mb,
@@ -173,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_positive_int, default=8000)
     serve.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     serve.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
+    serve.add_argument("--weights", default=None, choices=["bf16", "int8"],
+                       help="int8: attention and unembedding in 8 bits (Q8_0) for faster decoding "
+                            "(default: as stored)")
     serve.add_argument("--threads", type=_positive_int, default=None)
     serve.add_argument("--reasoning-effort", default="medium", choices=["low", "medium", "high"])
     serve.add_argument("--max-context", type=_positive_int, default=8192, help="tokens per request, prompt + reply")
@@ -229,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="runs of each measurement; the best is reported (default: 3)")
     bench.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: all cores)")
     bench.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    bench.add_argument("--weights", default=None, choices=["bf16", "int8"],
+                       help="int8: attention and unembedding in 8 bits (Q8_0) (default: as stored)")
     bench.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(run=_bench)
@@ -243,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--instructions", default=None, help="developer instructions")
     gen.add_argument("--show-reasoning", action="store_true", help="print the analysis channel first")
     gen.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    gen.add_argument("--weights", default=None, choices=["bf16", "int8"],
+                     help="int8: attention and unembedding in 8 bits (Q8_0) (default: as stored)")
     gen.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     gen.add_argument("prompt")
     gen.set_defaults(run=_generate)

@@ -25,7 +25,7 @@ def load_engine(settings: ServerSettings, report: Callable[[float, str], None]) 
     path = demo_model_dir() if settings.is_demo else Path(settings.model).expanduser()
     engine = Engine.load(path, device=settings.device, dtype="bfloat16" if settings.dtype == "auto" else settings.dtype,
                          max_context=settings.max_context, kv_cache_mb=settings.kv_cache_mb,
-                         prefix_cache_mb=settings.prefix_cache_mb,
+                         prefix_cache_mb=settings.prefix_cache_mb, weights=settings.weights,
                          on_step=lambda step: report(*_ENGINE_STEPS[step]))
     report(0.7, "loading the tokenizer")
     engine.harmony  # noqa: B018 - tokenizer and chat format now, not in the first request

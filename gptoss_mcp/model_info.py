@@ -33,7 +33,9 @@ def model_info(settings: ServerSettings, runner: EngineRunner) -> dict[str, Any]
         "state": runner.state,
         "config": None, "parameters": None, "dtype": None, "device": None, "ops_backend": None,
         "cpu_kernels": None,
-        "weight_format": "MXFP4 experts (uint8 blocks + E8M0 scales), bfloat16 elsewhere",
+        "weight_format": "MXFP4 experts (uint8 blocks + E8M0 scales), " + (
+            "int8 attention and unembedding (Q8_0: a float16 scale per 32), bfloat16 elsewhere"
+            if settings.weights == "int8" else "bfloat16 elsewhere"),
     }
     if settings.is_demo:
         info["note"] = ("demo model: random weights in the real gpt-oss format; its text is gibberish by "

@@ -23,6 +23,7 @@ class ServerSettings:
     port: int = 8000
     device: str = "auto"
     dtype: str = "auto"
+    weights: str | None = None          # "int8": attention and unembedding in Q8_0 (Engine.load's weights)
     threads: int | None = None
     reasoning_effort: str = "medium"    # process-wide default; set_reasoning_effort changes it
     max_context: int = 8192             # tokens of prompt + reply per request (the KV cache grows to it)

@@ -129,6 +129,10 @@ def linear(x, weight, bias=None):
     return torch.ops.gptoss.linear.default(x, weight, bias)
 
 
+def linear_q8(x, qweight, scales, bias=None):
+    return torch.ops.gptoss.linear_q8.default(x, qweight, scales, bias)
+
+
 def rms_norm(x, scale, eps):
     return torch.ops.gptoss.rms_norm.default(x, scale, eps)
 
@@ -174,6 +178,10 @@ def _register_fakes() -> None:
     @register("gptoss::linear")
     def _(x, weight, bias):
         return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=torch.float32)
+
+    @register("gptoss::linear_q8")
+    def _(x, qweight, scales, bias):
+        return x.new_empty((*x.shape[:-1], qweight.shape[0]), dtype=torch.float32)
 
     @register("gptoss::rms_norm")
     def _(x, scale, eps):

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from engine.int8 import dequantize_q8_0
+
 # FP4 E2M1 values by nibble: bit 3 sign, bits 2-1 exponent (bias 1), bit 0 mantissa.
 FP4_VALUES = (+0.0, +0.5, +1.0, +1.5, +2.0, +3.0, +4.0, +6.0,
               -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
@@ -24,6 +26,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """y = x·Wᵀ + b, with x cast to W's dtype; returns float32. x [..., in], W [out, in], b [out]."""
     y = F.linear(x.to(weight.dtype), weight).float()
     return y if bias is None else y + bias
+
+
+def linear_q8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+              bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x·Wᵀ + b in float32 with W in Q8_0's layout (engine.int8): W[j, k] = qweight[j, k]·scales[j, k/32];
+    x used in float32. x [..., in], qweight int8 [out, in], scales float16 [out, in/32]."""
+    y = F.linear(x.float(), dequantize_q8_0(qweight, scales))
+    return y if bias is None else y + bias.float()
 
 
 def rms_norm(x: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
