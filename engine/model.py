@@ -19,7 +19,7 @@ from torch import nn
 
 from engine import ops
 from engine.config import ModelConfig, yarn_correction_range
-from engine.int8 import drop_pages, quantize_q8_0
+from engine.int8 import Q8_BLOCK, drop_pages, quantize_q8_0
 from engine.kv_cache import KVCache
 
 
@@ -213,10 +213,13 @@ class Transformer(nn.Module):
     def quantize_dense_(self, originals_mapped: bool) -> None:
         """Attention q/k/v/o and the unembedding to 8 bits (Q8_0's layout and error), in place. When
         the originals are views of the memory-mapped checkpoint, their pages are given back, so that
-        memory holds the int8 copies instead of both."""
+        memory holds the int8 copies instead of both. A matrix whose rows are not whole blocks of 32
+        stays as it is (as llama.cpp keeps such tensors unquantized; gpt-oss has none)."""
         modules = [(layer.self_attn, name) for layer in self.layers for name in ("q_proj", "k_proj", "v_proj", "o_proj")]
         for owner, name in [*modules, (self, "lm_head")]:
             original = getattr(owner, name)
+            if original.weight.shape[1] % Q8_BLOCK:
+                continue
             setattr(owner, name, Q8Linear(original))
             if originals_mapped:
                 drop_pages(original.weight)

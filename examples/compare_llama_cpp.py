@@ -23,7 +23,7 @@ import sys
 def run_ours(args: argparse.Namespace) -> dict:
     command = [sys.executable, "-m", "gptoss_mcp", "bench", "--model", args.model, "--threads", str(args.threads),
                "--prompt-tokens", *map(str, args.prompt_tokens), "--gen-tokens", str(args.gen_tokens),
-               "--repeats", str(args.repeats), "--json"]
+               "--repeats", str(args.repeats), "--json", *(["--weights", args.weights] if args.weights else [])]
     report = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
     speeds = {f"prompt_{p['prompt_tokens']}": p["prompt_tokens_per_second"] for p in report["prompts"]}
     speeds["decode"] = report["decode_tokens_per_second"]
@@ -60,6 +60,8 @@ def main() -> None:
     parser.add_argument("--gguf", required=True, help="the same model converted to GGUF")
     parser.add_argument("--llama-bench", required=True, help="path of llama.cpp's llama-bench binary")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--weights", choices=["bf16", "int8"], default=None,
+                        help="our weights mode (int8 against a Q8_0 GGUF: like with like)")
     parser.add_argument("--prompt-tokens", type=int, nargs="+", default=[128, 512])
     parser.add_argument("--gen-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2, help="repeats of each test inside one run")
