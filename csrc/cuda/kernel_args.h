@@ -104,6 +104,16 @@ struct LinearArgs {
 };
 constexpr int64_t kLinearMatvecMaxRows = 8;  // up to this many rows: one warp streams each weight row
 
+// out[m, n] = Σ_k x[m, k]·q[n, k]·scales[n, k/32] + bias[n] in float32; x float32; all contiguous.
+struct LinearQ8Args {
+  const float* x;         // [rows, in]
+  const int8_t* qweight;  // [out, in], in a multiple of 32
+  const void* scales;     // [out, in/32] float16 (__half)
+  const float* bias;      // [out] or nullptr
+  float* out;             // [rows, out]
+  int64_t rows, in_features, out_features;
+};
+
 cudaError_t launch_rms_norm(const RmsNormArgs& args, cudaStream_t stream);
 cudaError_t launch_rope(const RopeArgs& args, cudaStream_t stream);
 
@@ -117,5 +127,6 @@ cudaError_t launch_moe_mxfp4(const MoeMxfp4Args& args, cudaStream_t stream);
 
 cudaError_t launch_mxfp4_dequantize(const Mxfp4DequantizeArgs& args, cudaStream_t stream);
 cudaError_t launch_linear(const LinearArgs& args, cudaStream_t stream);
+cudaError_t launch_linear_q8(const LinearQ8Args& args, cudaStream_t stream);
 
 }  // namespace gptoss

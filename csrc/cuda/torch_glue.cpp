@@ -384,10 +384,36 @@ at::Tensor linear_cuda(const at::Tensor& x, const at::Tensor& weight, const std:
   return out.view(shape);
 }
 
+at::Tensor linear_q8_cuda(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                          const std::optional<at::Tensor>& bias) {
+  const at::Tensor b = check_linear_q8(x, qweight, scales, bias);
+  GPTOSS_CHECK_CUDA(x);
+  const c10::cuda::OptionalCUDAGuard guard(x.device());
+  const int64_t in = qweight.size(1), out_features = qweight.size(0);
+  const int64_t rows = c10::multiply_integers(x.sizes().slice(0, x.dim() - 1));
+  const at::Tensor xc = x.to(at::kFloat).reshape({rows, in}).contiguous();
+  const at::Tensor qc = qweight.contiguous(), dc = scales.contiguous();
+  at::Tensor out = at::empty({rows, out_features}, x.options().dtype(at::kFloat));
+  LinearQ8Args args{};
+  args.x = xc.data_ptr<float>();
+  args.qweight = qc.data_ptr<int8_t>();
+  args.scales = dc.data_ptr();
+  args.bias = b.defined() ? b.data_ptr<float>() : nullptr;
+  args.out = out.data_ptr<float>();
+  args.rows = rows;
+  args.in_features = in;
+  args.out_features = out_features;
+  check_launch(launch_linear_q8(args, current_stream()), "linear_q8");
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 1);
+  shape.push_back(out_features);
+  return out.view(shape);
+}
+
 }  // namespace gptoss
 
 TORCH_LIBRARY_IMPL(gptoss, CUDA, m) {
   m.impl("linear", &gptoss::linear_cuda);
+  m.impl("linear_q8", &gptoss::linear_q8_cuda);
   m.impl("rms_norm", &gptoss::rms_norm_cuda);
   m.impl("rope_", &gptoss::rope_cuda);
   m.impl("sdpa_sinks", &gptoss::sdpa_sinks_cuda);
