@@ -3,8 +3,9 @@
 // x is used in float32 as given (activations are not quantized).
 //
 // Few rows of x (decoding): memory-bound, so each thread streams its range of W rows as sub-ranges in
-// lockstep (stream_rows.h), widening 8 int8 values at a time to float32 (vpmovsxbd + vcvtdq2ps) and
-// forming each block's Σ q·x before scaling it by d: half the bytes of a bf16 row per weight.
+// lockstep (stream_rows.h), widening 8 int8 values at a time to float32 (vpmovsxbd + vcvtdq2ps): half
+// the bytes of a bf16 row per weight. One row of x forms each block's Σ q·x before scaling it by d;
+// several rows scale the widened weights once (q·d is exact in float32) and share them.
 // Many rows of x (prompts): compute-bound, so blocks of W rows are dequantized to float32 into a
 // buffer that stays in cache and multiplied with at::mm (sgemm), as the bf16 path widens them.
 // The two paths sum in different orders; each is independent of the thread count.
@@ -74,9 +75,40 @@ inline void dot_q8_streams(const float* x, int64_t ldx, int64_t nb, const int8_t
   for (int s = 0; s < S; ++s)
     for (int n = 0; n < NB; ++n) y[s][n * ldy[s]] = hsum(acc[s][n]) + bias[s];
 }
+
+// Several rows of x: each W vector is widened and scaled once (q·d, exact in float32) and serves all
+// NB rows, which then need one accumulator each instead of one per block as well (registers for
+// S = 2 streams × 4 rows).
+template <int S, int NB>
+inline void dot_q8_scaled(const float* x, int64_t ldx, int64_t nb, const int8_t* const* w,
+                          const c10::Half* const* d, const float* bias, float* const* y, const int64_t* ldy) {
+  __m256 acc[S][NB];
+  for (int s = 0; s < S; ++s)
+    for (int n = 0; n < NB; ++n) acc[s][n] = _mm256_setzero_ps();
+  __m256 scales[S];
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t k = b * kQ8Block;
+    if (b % 8 == 0)
+      for (int s = 0; s < S; ++s) scales[s] = load_scales8(d[s] + b, nb - b);
+    const __m256i lane = _mm256_set1_epi32(static_cast<int>(b % 8));
+    __m256 scale[S];
+    for (int s = 0; s < S; ++s) scale[s] = _mm256_permutevar8x32_ps(scales[s], lane);
+    for (int u = 0; u < 4; ++u) {
+      __m256 xv[NB];
+      for (int n = 0; n < NB; ++n) xv[n] = _mm256_loadu_ps(x + n * ldx + k + 8 * u);
+      for (int s = 0; s < S; ++s) {
+        const __m256 wv = _mm256_mul_ps(load_q8x8(w[s] + k + 8 * u), scale[s]);
+        for (int n = 0; n < NB; ++n) acc[s][n] = _mm256_fmadd_ps(xv[n], wv, acc[s][n]);
+      }
+    }
+  }
+  for (int s = 0; s < S; ++s)
+    for (int n = 0; n < NB; ++n) y[s][n * ldy[s]] = hsum(acc[s][n]) + bias[s];
+}
 #endif
 
-// The streaming path: 4 streams per thread for one row of x, 2 streams × 2 rows for more.
+// The streaming path: 4 streams per thread for one row of x (per-block sums); 2 streams of up to
+// 4 rows at a time for more (scaled weights).
 void linear_q8_stream(const float* x, int64_t rows, int64_t in, const int8_t* q, const c10::Half* d,
                       int64_t out_features, const float* bias, float* y) {
   const int64_t nb = in / kQ8Block;
@@ -87,15 +119,19 @@ void linear_q8_stream(const float* x, int64_t rows, int64_t in, const int8_t* q,
     for_stream_rows<S>(out_features, grain, q, in, bias, y, [&](auto wr, auto b, auto yr, auto ldy) {
       const c10::Half* dr[S];
       for (int s = 0; s < S; ++s) dr[s] = d + (wr[s] - q) / in * nb;  // the scales of the same rows
-      for (int64_t n = 0; n < rows;) {
+      if (S == 4) {  // one row of x
+        dot_q8_streams<S, 1>(x, in, nb, wr, dr, b, yr, ldy);
+        return;
+      }
+      for (int64_t n = 0; n < rows; n += 4) {
         float* yn[S];
         for (int s = 0; s < S; ++s) yn[s] = yr[s] + n * ldy[s];
-        if (S == 2 && rows - n >= 2) {
-          dot_q8_streams<S, 2>(x + n * in, in, nb, wr, dr, b, yn, ldy);
-          n += 2;
-        } else {
-          dot_q8_streams<S, 1>(x + n * in, in, nb, wr, dr, b, yn, ldy);
-          n += 1;
+        const float* xn = x + n * in;
+        switch (std::min<int64_t>(4, rows - n)) {
+          case 1: dot_q8_scaled<S, 1>(xn, in, nb, wr, dr, b, yn, ldy); break;
+          case 2: dot_q8_scaled<S, 2>(xn, in, nb, wr, dr, b, yn, ldy); break;
+          case 3: dot_q8_scaled<S, 3>(xn, in, nb, wr, dr, b, yn, ldy); break;
+          default: dot_q8_scaled<S, 4>(xn, in, nb, wr, dr, b, yn, ldy); break;
         }
       }
     });

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from engine.int8 import dequantize_q8_0, quantize_q8_0
 from engine.ops import reference
 
 from tests.engine.ops.naive import U32
@@ -293,6 +294,22 @@ def test_moe_mxfp4(ops, E, A, N, D, I, dtype):
     # output's scale (the swiglu clamp at 7 and D, I ~ 100 keep it at hundreds).
     tol = (1e-5 if dtype == torch.float32 else 2e-2) * want.abs().max().item()
     assert_close(got, want, 0.0, tol)
+
+
+@needs_cuda
+@pytest.mark.parametrize("rows", [1, 8, 9, 70])
+@pytest.mark.parametrize("n_in, n_out", [(32, 33), (160, 130), (2880, 7)])
+def test_linear_q8(ops, rows, n_in, n_out):
+    # a warp per output row; rows beyond 8 are taken in groups of 8
+    g = torch.Generator().manual_seed(rows * n_in + n_out)
+    q, d = quantize_q8_0(torch.randn(n_out, n_in, generator=g))
+    x = torch.randn(rows, n_in, generator=g)
+    b = torch.randn(n_out, generator=g) if rows % 2 else None
+    got = ops.linear_q8(*on_cuda(x, q, d, b))
+    w = dequantize_q8_0(q, d).double()
+    want = x.double() @ w.T + (b.double() if b is not None else 0)
+    mag = x.double().abs() @ w.abs().T + (b.double().abs() if b is not None else 0)
+    assert ((got.cpu().double() - want).abs() <= (n_in + 2) * U32 * mag + 1e-30).all()
 
 
 @needs_cuda
