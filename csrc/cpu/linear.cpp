@@ -24,6 +24,7 @@
 #include "gemm_bf16.h"
 #include "stream_rows.h"
 #include "vec.h"
+#include "widened_mm.h"
 
 namespace gptoss {
 namespace {
@@ -371,15 +372,9 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::
   if (w.scalar_type() == at::kFloat) {
     at::mm_out(y, x2, w.t());
   } else {
-    const int64_t block = std::min(out_features, std::max<int64_t>(64, kWidenBlockBytes / (4 * in)));
-    at::Tensor buffer = at::empty({block, in}, x2.options());
     const c10::BFloat16* wp = w.data_ptr<c10::BFloat16>();
-    for (int64_t j = 0; j < out_features; j += block) {
-      const int64_t n = std::min(block, out_features - j);
-      widen_rows(wp + j * ldw, ldw, n, in, buffer.data_ptr<float>());
-      at::Tensor y_block = y.narrow(1, j, n);
-      at::mm_out(y_block, x2, buffer.narrow(0, 0, n).t());
-    }
+    widened_mm(x2, out_features, kWidenBlockBytes, y,
+               [&](int64_t j, int64_t n, float* dst) { widen_rows(wp + j * ldw, ldw, n, in, dst); });
   }
   if (b.defined()) y.add_(b);
   return out;

@@ -21,6 +21,7 @@
 #include "../check.h"
 #include "stream_rows.h"
 #include "vec.h"
+#include "widened_mm.h"
 
 namespace gptoss {
 namespace {
@@ -200,15 +201,9 @@ at::Tensor linear_q8_cpu(const at::Tensor& x, const at::Tensor& qweight, const a
                      y.data_ptr<float>());
     return out;
   }
-  const int64_t block = std::min(out_features, std::max<int64_t>(64, kDequantBlockBytes / (4 * in)));
-  at::Tensor buffer = at::empty({block, in}, x2.options());
-  for (int64_t j = 0; j < out_features; j += block) {
-    const int64_t n = std::min(block, out_features - j);
-    dequantize_rows(q.data_ptr<int8_t>() + j * in, d.data_ptr<c10::Half>() + j * (in / kQ8Block), n, in,
-                    buffer.data_ptr<float>());
-    at::Tensor y_block = y.narrow(1, j, n);
-    at::mm_out(y_block, x2, buffer.narrow(0, 0, n).t());
-  }
+  widened_mm(x2, out_features, kDequantBlockBytes, y, [&](int64_t j, int64_t n, float* dst) {
+    dequantize_rows(q.data_ptr<int8_t>() + j * in, d.data_ptr<c10::Half>() + j * (in / kQ8Block), n, in, dst);
+  });
   if (b.defined()) y.add_(b);
   return out;
 }
