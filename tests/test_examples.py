@@ -38,6 +38,20 @@ def test_openai_agents_chat_example_calls_the_python_tool_through_v1(tiny_dir, t
     assert "final output: sunny in " in result.stdout  # the Python function's own result
 
 
+def test_int8_fidelity_example_reports_our_three_comparisons(tiny_dir, tmp_path):
+    env = {**os.environ, "GPTOSS_CACHE_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, str(EXAMPLES / "int8_fidelity.py"), "--model", str(tiny_dir), "--ctx",
+                             "128", "--chunks", "2"], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert set(report) == {"ours_int8_vs_bf16", "ours_int8_vs_float32", "ours_bf16_vs_float32"}
+    for row in report.values():
+        assert row["tokens"] == 128 and 0 <= row["top1_agreement"] <= 1 and row["mean_kl"] >= 0
+    # int8 moves the distribution more than bf16 rounding alone does, and only a little
+    assert report["ours_int8_vs_float32"]["mean_kl"] >= report["ours_bf16_vs_float32"]["mean_kl"]
+    assert report["ours_int8_vs_float32"]["top1_agreement"] >= 0.9
+
+
 def test_claude_desktop_config_is_a_valid_host_entry():
     entry = json.loads((EXAMPLES / "claude_desktop_config.json").read_text())["mcpServers"]["gpt-oss"]
     assert entry["command"].endswith("gptoss-mcp") and entry["args"][0] == "serve"
