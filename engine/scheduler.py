@@ -215,7 +215,6 @@ class Scheduler:
             token = seq.sampler(logits)
             if seq.constraint is not None:
                 seq.constraint.push(token)
-                seq.completion.mask_seconds = seq.constraint.mask_seconds
             step = seq.completion.push(token)
             seq.request.on_step(step)
         except Exception as e:  # this request's own failure (its callback, say): the others go on
@@ -233,6 +232,8 @@ class Scheduler:
                 seq.cache.marks.add(seq.cache.position + 1)
 
     def _finish(self, seq: _Sequence, reason: FinishReason) -> None:
+        if seq.constraint is not None:
+            seq.completion.mask_seconds = seq.constraint.mask_seconds
         seq.request.result = seq.completion.result(reason)
         if seq.cache is not None and self.engine.prefix_cache.enabled:
             self.engine.prefix_cache.insert(seq.prompt + seq.completion.tokens, seq.cache, seq.shared)

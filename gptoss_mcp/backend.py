@@ -16,7 +16,6 @@ Faults are bounded and reported with the backend's URL (never its credentials):
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import logging
 import math
@@ -29,7 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx2 as httpx
 
-from gptoss_mcp.runtime import _NO_PREFIX_CACHE, Busy, EngineUnavailable, Progress, ProgressCallback
+from gptoss_mcp.runtime import _NO_PREFIX_CACHE, Busy, EngineUnavailable, Progress, ProgressCallback, TokenCounter
 
 logger = logging.getLogger(__name__)
 
@@ -153,8 +152,7 @@ class BackendRunner:
         self._lock = threading.Lock()
         self._in_flight = 0
         self.requests_total = 0
-        self.tokens_generated_total = 0
-        self._recent: collections.deque[tuple[float, int]] = collections.deque(maxlen=256)
+        self.tokens = TokenCounter()
         self._discovery: asyncio.Task | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -239,7 +237,7 @@ class BackendRunner:
                     steps = reply.add(value)
                     if steps:
                         first_token = first_token or time.monotonic()
-                        self._count(len(steps))
+                        self.tokens.add(len(steps))
                         progress.phase, progress.tokens = "generating", progress.tokens + len(steps)
                         progress.text += "".join(s.text for s in steps if s.channel == "final")
                         yield steps
@@ -428,23 +426,15 @@ class BackendRunner:
         with self._lock:
             self._in_flight -= 1
 
-    def _count(self, steps: int) -> None:
-        with self._lock:
-            self.tokens_generated_total += steps
-            self._recent.append((time.monotonic(), self.tokens_generated_total))
-
     def status(self) -> dict[str, Any]:
         with self._lock:
             in_flight = self._in_flight
-            now = time.monotonic()
-            recent = [(t, n) for t, n in self._recent if now - t <= 30.0]
-        rate = (recent[-1][1] - recent[0][1]) / (recent[-1][0] - recent[0][0]) \
-            if len(recent) >= 2 and recent[-1][0] > recent[0][0] else 0.0
         return {
             "state": self.state, "load_progress": 1.0 if self.state == "ready" else 0.0, "load_step": "",
             "error": self.error, "requests_in_flight": in_flight, "requests_waiting": 0,
-            "requests_total": self.requests_total, "tokens_generated_total": self.tokens_generated_total,
-            "recent_tokens_per_second": round(rate, 3), "active_sequences": in_flight, "max_batch": self.max_batch,
+            "requests_total": self.requests_total, "tokens_generated_total": self.tokens.total,
+            "recent_tokens_per_second": round(self.tokens.per_second(), 3), "active_sequences": in_flight,
+            "max_batch": self.max_batch,
             "kv_bytes": 0, "kv_budget_bytes": 0, "prefix_cache": _NO_PREFIX_CACHE,
             "backend": self.describe(),
         }

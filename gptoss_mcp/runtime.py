@@ -84,6 +84,30 @@ class _Work:
     first_step_at: float | None = None      # ... and made its first token
 
 
+class TokenCounter:
+    """Tokens generated so far, and the recent rate; thread-safe (the engine thread counts, status
+    readers ask)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.total = 0
+        self._recent: collections.deque[tuple[float, int]] = collections.deque(maxlen=256)  # (time, total)
+
+    def add(self, tokens: int = 1) -> None:
+        with self._lock:
+            self.total += tokens
+            self._recent.append((time.monotonic(), self.total))
+
+    def per_second(self, window: float = 30.0) -> float:
+        """Generated tokens per second over the last `window` seconds of generation."""
+        with self._lock:
+            now = time.monotonic()
+            recent = [(t, n) for t, n in self._recent if now - t <= window]
+        if len(recent) < 2 or recent[-1][0] <= recent[0][0]:
+            return 0.0
+        return (recent[-1][1] - recent[0][1]) / (recent[-1][0] - recent[0][0])
+
+
 class EngineRunner:
     def __init__(self, load: Callable[[Callable[[float, str], None]], Engine], max_waiting: int,
                  progress_interval: float = 1.0, start_timeout: float = 0.0, max_batch: int = 8):
@@ -108,9 +132,8 @@ class EngineRunner:
         self._accepted = 0         # calls handed over and not finished
         self._calls_running = 0    # non-generation work running now
         self.requests_total = 0
-        self.tokens_generated_total = 0
+        self.tokens = TokenCounter()
         self._active: set[threading.Event] = set()  # cancel flags of accepted work
-        self._recent: collections.deque[tuple[float, int]] = collections.deque(maxlen=256)  # (time, tokens)
         self._may_load = threading.Event()
         self._load_timer: threading.Timer | None = None
         self._closed = False
@@ -310,9 +333,7 @@ class EngineRunner:
                 work.first_step_at = time.monotonic()
             if work.steps is not None:
                 work.steps.append(step)
-            with self._lock:
-                self.tokens_generated_total += 1
-                self._recent.append((time.monotonic(), self.tokens_generated_total))
+            self.tokens.add()
 
         return Request(work.messages, GenerationParams(**work.params), on_step=on_step,
                        should_cancel=work.cancelled.is_set)
@@ -345,15 +366,6 @@ class EngineRunner:
 
     # --- statistics ------------------------------------------------------------------------------
 
-    def recent_tokens_per_second(self, window: float = 30.0) -> float:
-        """Generated tokens per second over the last `window` seconds of generation."""
-        with self._lock:
-            now = time.monotonic()
-            recent = [(t, n) for t, n in self._recent if now - t <= window]
-        if len(recent) < 2 or recent[-1][0] <= recent[0][0]:
-            return 0.0
-        return (recent[-1][1] - recent[0][1]) / (recent[-1][0] - recent[0][0])
-
     def status(self) -> dict[str, Any]:
         with self._lock:
             in_flight = self._running_count()
@@ -367,8 +379,8 @@ class EngineRunner:
             "requests_in_flight": in_flight,
             "requests_waiting": waiting,
             "requests_total": self.requests_total,
-            "tokens_generated_total": self.tokens_generated_total,
-            "recent_tokens_per_second": round(self.recent_tokens_per_second(), 3),
+            "tokens_generated_total": self.tokens.total,
+            "recent_tokens_per_second": round(self.tokens.per_second(), 3),
             "active_sequences": scheduler.active if scheduler else 0,
             "max_batch": self.max_batch,
             "kv_bytes": scheduler.kv_bytes() if scheduler else 0,
