@@ -31,10 +31,6 @@ namespace {
 
 // x rows sharing one pass over a W row in the AVX-512 BF16 streaming kernel.
 constexpr int kRowGroup = 4;
-// Each thread's share of W must be large enough to amortise the fork (bytes of weights per task).
-constexpr int64_t kMinTaskBytes = 1 << 18;
-// W rows widened to fp32 per sgemm call in the many-rows path (about 2.9 MB of fp32 at in = 2880).
-constexpr int64_t kWidenBlockBytes = 3 << 20;
 
 inline float to_float(float v) { return v; }
 inline float to_float(c10::BFloat16 v) { return bf16_to_float(v); }
@@ -373,7 +369,7 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::
     at::mm_out(y, x2, w.t());
   } else {
     const c10::BFloat16* wp = w.data_ptr<c10::BFloat16>();
-    widened_mm(x2, out_features, kWidenBlockBytes, y,
+    widened_mm(x2, out_features, y,
                [&](int64_t j, int64_t n, float* dst) { widen_rows(wp + j * ldw, ldw, n, in, dst); });
   }
   if (b.defined()) y.add_(b);

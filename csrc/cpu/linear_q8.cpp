@@ -27,8 +27,6 @@ namespace gptoss {
 namespace {
 
 constexpr int64_t kQ8Block = 32;
-constexpr int64_t kMinTaskBytes = 1 << 18;     // each thread's share of W must amortise the fork
-constexpr int64_t kDequantBlockBytes = 3 << 20;  // fp32 W rows per sgemm call in the many-rows path
 
 inline float half_to_float(c10::Half h) { return static_cast<float>(h); }
 
@@ -201,7 +199,7 @@ at::Tensor linear_q8_cpu(const at::Tensor& x, const at::Tensor& qweight, const a
                      y.data_ptr<float>());
     return out;
   }
-  widened_mm(x2, out_features, kDequantBlockBytes, y, [&](int64_t j, int64_t n, float* dst) {
+  widened_mm(x2, out_features, y, [&](int64_t j, int64_t n, float* dst) {
     dequantize_rows(q.data_ptr<int8_t>() + j * in, d.data_ptr<c10::Half>() + j * (in / kQ8Block), n, in, dst);
   });
   if (b.defined()) y.add_(b);

@@ -9,6 +9,8 @@ namespace gptoss {
 // Rows of x up to which the streaming kernels beat widening + sgemm (measured on the 2-core AVX2 box,
 // see the crossover in the report: bf16 [201088, 2880] and [5120, 2880]).
 constexpr int64_t kStreamMaxRows = 8;
+// Each thread's share of W must be large enough to amortise the fork (bytes of weights per task).
+constexpr int64_t kMinTaskBytes = 1 << 18;
 
 // Runs each thread's range of output rows [begin, end) as S sub-ranges in lockstep: step i calls
 // use(w_rows, biases, outputs, output_strides) for row begin + s·q + i of each stream s. A stream

@@ -9,12 +9,15 @@
 
 namespace gptoss {
 
+// W rows widened to fp32 per sgemm call (about 2.9 MB of fp32 at in = 2880: the cache keeps it).
+constexpr int64_t kWidenBlockBytes = 3 << 20;
+
 // y [rows, out] = x [rows, in] (float32, contiguous) · Wᵀ, where widen(j, n, dst) writes rows
-// [j, j + n) of W as float32 into dst [n, in]; each block holds about block_bytes of float32.
+// [j, j + n) of W as float32 into dst [n, in], a block of about kWidenBlockBytes at a time.
 template <typename Widen>
-inline void widened_mm(const at::Tensor& x, int64_t out_features, int64_t block_bytes, at::Tensor& y, Widen&& widen) {
+inline void widened_mm(const at::Tensor& x, int64_t out_features, at::Tensor& y, Widen&& widen) {
   const int64_t in = x.size(1);
-  const int64_t block = std::min(out_features, std::max<int64_t>(64, block_bytes / (4 * in)));
+  const int64_t block = std::min(out_features, std::max<int64_t>(64, kWidenBlockBytes / (4 * in)));
   at::Tensor buffer = at::empty({block, in}, x.options());
   for (int64_t j = 0; j < out_features; j += block) {
     const int64_t n = std::min(block, out_features - j);
