@@ -9,6 +9,8 @@ TORCH_LIBRARY(gptoss, m) {
   // y = x·Wᵀ + b in float32, W in Q8_0's layout: int8 qweight [out, in], float16 scales [out, in/32]
   // (W[j, k] = qweight[j, k]·scales[j, k/32]); x used in float32
   m.def("linear_q8(Tensor x, Tensor qweight, Tensor scales, Tensor? bias) -> Tensor");
+  // weight [out, in] -> (int8 qweight [out, in], float16 scales [out, in/32]) by Q8_0's rule (engine/int8.py)
+  m.def("quantize_q8_0(Tensor weight) -> (Tensor, Tensor)");
   // x / sqrt(mean(x²) + eps) · scale over the last axis, float32 math, result in x's dtype
   m.def("rms_norm(Tensor x, Tensor scale, float eps) -> Tensor");
   // rotates q [.., T, H, D] and k [.., T, K, D] in place (half-split) with rows cos_sin[positions]

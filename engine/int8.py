@@ -14,7 +14,7 @@ Q8_BLOCK = 32
 
 def quantize_q8_0(weight: torch.Tensor, rows_per_chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     """weight [out, in] (in a multiple of 32) -> (int8 [out, in], float16 scales [out, in/32]).
-    Works through `rows_per_chunk` rows at a time so that no float32 copy of a large matrix is made.
+    The PyTorch twin of the op `ops.quantize_q8_0` (the C++ kernel gives the same bits). Works through `rows_per_chunk` rows at a time so that no float32 copy of a large matrix is made.
 
     Raises:
         ValueError: not a matrix, or rows that do not split into blocks of 32.
@@ -30,9 +30,15 @@ def quantize_q8_0(weight: torch.Tensor, rows_per_chunk: int = 4096) -> tuple[tor
         scale = blocks.abs().amax(dim=-1) / 127  # [r, nb]
         inverse = torch.where(scale > 0, 1 / scale, torch.zeros_like(scale))
         scaled = blocks * inverse.unsqueeze(-1)
-        q[start:start + rows_per_chunk] = (scaled.sign() * (scaled.abs() + 0.5).floor()).reshape(-1, cols).to(torch.int8)
+        q[start:start + rows_per_chunk] = _round_half_away(scaled).reshape(-1, cols).to(torch.int8)
         d[start:start + rows_per_chunk] = scale.to(torch.float16)
     return q, d
+
+
+def _round_half_away(x: torch.Tensor) -> torch.Tensor:
+    """C's roundf, exactly: floor(|x| + 0.5) would round 0.49999997 up, as that sum rounds to 1 in float32."""
+    whole = x.trunc()
+    return whole + x.sign() * ((x - whole).abs() >= 0.5)  # x - trunc(x) is exact
 
 
 def dequantize_q8_0(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:

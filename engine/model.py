@@ -19,7 +19,7 @@ from torch import nn
 
 from engine import ops
 from engine.config import ModelConfig, yarn_correction_range
-from engine.int8 import Q8_BLOCK, drop_pages, quantize_q8_0
+from engine.int8 import Q8_BLOCK, drop_pages
 from engine.kv_cache import KVCache
 
 
@@ -46,7 +46,7 @@ class Q8Linear(nn.Module):
 
     def __init__(self, linear: Linear):
         super().__init__()
-        qweight, scales = quantize_q8_0(linear.weight)
+        qweight, scales = ops.quantize_q8_0(linear.weight)
         self.register_buffer("qweight", qweight)
         self.register_buffer("scales", scales)
         self.bias = linear.bias

@@ -18,7 +18,7 @@ from engine.ops import reference
 
 logger = logging.getLogger(__name__)
 
-OP_NAMES = ("linear", "linear_q8", "rms_norm", "rope_", "sdpa_sinks", "sdpa_sinks_varlen", "mxfp4_dequantize",
+OP_NAMES = ("linear", "linear_q8", "quantize_q8_0", "rms_norm", "rope_", "sdpa_sinks", "sdpa_sinks_varlen", "mxfp4_dequantize",
             "moe_mxfp4")
 BACKENDS = ("reference", "extension")
 

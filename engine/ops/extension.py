@@ -133,6 +133,12 @@ def linear_q8(x, qweight, scales, bias=None):
     return torch.ops.gptoss.linear_q8.default(x, qweight, scales, bias)
 
 
+def quantize_q8_0(weight):
+    if weight.device.type != "cpu":  # a CPU kernel only: on a GPU the twin runs at the device's bandwidth
+        return reference.quantize_q8_0(weight)
+    return torch.ops.gptoss.quantize_q8_0.default(weight)
+
+
 def rms_norm(x, scale, eps):
     return torch.ops.gptoss.rms_norm.default(x, scale, eps)
 
@@ -182,6 +188,11 @@ def _register_fakes() -> None:
     @register("gptoss::linear_q8")
     def _(x, qweight, scales, bias):
         return x.new_empty((*x.shape[:-1], qweight.shape[0]), dtype=torch.float32)
+
+    @register("gptoss::quantize_q8_0")
+    def _(weight):
+        return (weight.new_empty(weight.shape, dtype=torch.int8),
+                weight.new_empty((weight.shape[0], weight.shape[1] // 32), dtype=torch.float16))
 
     @register("gptoss::rms_norm")
     def _(x, scale, eps):

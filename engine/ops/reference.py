@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from engine.int8 import dequantize_q8_0
+from engine.int8 import dequantize_q8_0, quantize_q8_0  # noqa: F401 (quantize_q8_0 is this backend's op)
 
 # FP4 E2M1 values by nibble: bit 3 sign, bits 2-1 exponent (bias 1), bit 0 mantissa.
 FP4_VALUES = (+0.0, +0.5, +1.0, +1.5, +2.0, +3.0, +4.0, +6.0,

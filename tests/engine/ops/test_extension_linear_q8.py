@@ -1,6 +1,7 @@
 """C++ linear_q8 (8-bit weights in Q8_0's layout) against a float64 truth and its PyTorch twin: both
 CPU paths (the streaming kernel for up to 8 rows of x, dequantize + sgemm for more), odd sizes, the
-thread count, opcheck, errors; and engine.int8's quantizer against Q8_0's rule."""
+thread count, opcheck, errors; engine.int8's quantizer against Q8_0's rule, and the C++ quantizer
+against it bit for bit."""
 
 from __future__ import annotations
 
@@ -84,11 +85,12 @@ def test_errors_name_the_argument(extension, args, match):
 
 
 def test_quantizer_follows_q8_0():
-    block = torch.tensor([[127.0, -63.5, 0.5, -0.5, 1.5, 2.5, 0.0, 63.4] + [0.0] * 24])
+    below_half = 0.49999997  # the float32 just below 0.5: floor(x + 0.5) would give 1
+    block = torch.tensor([[127.0, -63.5, 0.5, -0.5, 1.5, 2.5, 0.0, 63.4, below_half, -below_half] + [0.0] * 22])
     q, d = quantize_q8_0(block)
     assert d.dtype == torch.float16 and d.item() == 1.0  # max |w| / 127
     # halves round away from zero, as C's roundf in llama.cpp's quantize_row_q8_0
-    assert q[0, :8].tolist() == [127, -64, 1, -1, 2, 3, 0, 63]
+    assert q[0, :10].tolist() == [127, -64, 1, -1, 2, 3, 0, 63, 0, 0]
     zero_q, zero_d = quantize_q8_0(torch.zeros(2, 64))
     assert not zero_q.any() and not zero_d.any()
     w = torch.randn(50, 2880, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
@@ -100,3 +102,36 @@ def test_quantizer_follows_q8_0():
     assert (error <= scale / 2 + 127 * (d.float() - scale).abs() + 1e-7).all()
     with pytest.raises(ValueError, match="blocks of 32"):
         quantize_q8_0(torch.zeros(2, 33))
+
+
+def _quantizer_inputs(dtype):
+    """Random rows of several sizes and magnitudes, with an all-zero block, values that land on
+    halves of a step, and one block whose largest value is subnormal in float16's scale."""
+    g = torch.Generator().manual_seed(7)
+    for rows, cols in [(1, 32), (3, 96), (37, 2880), (130, 160)]:
+        yield (torch.randn(rows, cols, generator=g) * 10 ** torch.randint(-6, 3, (rows, 1), generator=g)).to(dtype)
+    ties = torch.arange(-64, 64, dtype=torch.float32).reshape(4, 32) + 0.5
+    ties[0, 0], ties[1] = 127.0, 0.0  # a block with max 127 (step 1: every value a tie), a zero block
+    yield ties.to(dtype)
+    yield (torch.randn(2, 64, generator=g) * 1e-9).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cpp_quantizer_equals_the_twin(extension, dtype):
+    for w in _quantizer_inputs(dtype):
+        q, d = extension.quantize_q8_0(w)
+        want_q, want_d = quantize_q8_0(w)
+        assert q.dtype == torch.int8 and d.dtype == torch.float16
+        assert torch.equal(q, want_q) and torch.equal(d.view(torch.int16), want_d.view(torch.int16))
+    strided = torch.randn(64, 96)[:, :64]  # a non-contiguous view quantizes as its values
+    assert torch.equal(extension.quantize_q8_0(strided)[0], quantize_q8_0(strided.contiguous())[0])
+
+
+def test_cpp_quantizer_opcheck_and_errors(extension):
+    torch.library.opcheck(torch.ops.gptoss.quantize_q8_0.default, (torch.randn(5, 64),))
+    with pytest.raises(RuntimeError, match="blocks of 32"):
+        extension.quantize_q8_0(torch.zeros(2, 33))
+    with pytest.raises(RuntimeError, match="weight must be float32, bfloat16 or float16"):
+        extension.quantize_q8_0(torch.zeros(2, 32, dtype=torch.int32))
+    with pytest.raises(RuntimeError, match="weight must have 2 dims"):
+        extension.quantize_q8_0(torch.zeros(64))
