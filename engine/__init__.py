@@ -13,24 +13,24 @@ from typing import TYPE_CHECKING
 _HOMES = {
     "Generation": "engine.chat", "GenerationParams": "engine.chat", "GenerationResult": "engine.chat",
     "GenerationStep": "engine.chat", "Usage": "engine.chat",
-    "CheckpointError": "engine.checkpoint",
     "ConfigError": "engine.config", "ModelConfig": "engine.config",
     "Engine": "engine.engine", "EngineOptions": "engine.engine",
     "REASONING_EFFORTS": "engine.harmony",
     "ChatMessage": "engine.messages", "FunctionTool": "engine.messages", "ToolCall": "engine.messages",
     "ContextLimitError": "engine.kv_cache", "KVMemoryError": "engine.kv_cache",
+    "CheckpointError": "engine.shard_headers",
     "TokenizerError": "engine.tokenizer",
 }
 __all__ = sorted(_HOMES)
 
 if TYPE_CHECKING:
     from engine.chat import Generation, GenerationParams, GenerationResult, GenerationStep, Usage
-    from engine.checkpoint import CheckpointError
     from engine.config import ConfigError, ModelConfig
     from engine.engine import Engine, EngineOptions
     from engine.harmony import REASONING_EFFORTS
     from engine.kv_cache import ContextLimitError, KVMemoryError
     from engine.messages import ChatMessage, FunctionTool, ToolCall
+    from engine.shard_headers import CheckpointError
     from engine.tokenizer import TokenizerError
 
 

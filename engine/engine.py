@@ -15,11 +15,12 @@ import torch
 
 from engine import ops
 from engine.chat import Generation, GenerationParams, GenerationStep
-from engine.checkpoint import CheckpointError, SafetensorsCheckpoint
+from engine.checkpoint import SafetensorsCheckpoint
 from engine.config import ModelConfig
 from engine.embed import embed_token_lists
 from engine.harmony import HarmonyFormat
 from engine.messages import ChatMessage, FunctionTool
+from engine.model_source import ModelSource, directory_source, resolve_model
 from engine.kv_cache import ContextLimitError, KVCache
 from engine.model import Transformer
 from engine.memory import default_kv_budget_bytes, default_prefix_cache_mb
@@ -67,8 +68,9 @@ class EngineOptions:
 
 class Engine:
     def __init__(self, path: Path, config: ModelConfig, model: Transformer, options: EngineOptions,
-                 device: torch.device):
+                 device: torch.device, source: ModelSource | None = None):
         self.path, self.config, self.model, self.options, self.device = path, config, model, options, device
+        self.source = source or directory_source(path)  # what --model named, for the server to report
         self.max_context = min(options.max_context or config.max_position_embeddings,
                                config.max_position_embeddings)
         self.kv_budget_bytes = (options.kv_cache_mb << 20 if options.kv_cache_mb is not None
@@ -81,7 +83,9 @@ class Engine:
              max_context: int | None = None, prefill_chunk: int = 512, embed_batch_tokens: int = 4096,
              kv_cache_mb: int | None = None, prefix_cache_mb: int | None = None, weights: str | None = None,
              on_step: Callable[[str], None] | None = None) -> Engine:
-        """Loads a Hugging Face-layout model directory or its `original/` subdirectory.
+        """Loads a Hugging Face-layout model directory or its `original/` subdirectory, or a Hugging Face
+        id `ORG/NAME[@REVISION]` from the local Hugging Face cache (`engine.model_source`; an existing
+        directory of that name wins). `engine.source` tells which.
 
         Dense weights are memory-mapped (and only copied when the compute dtype or device differs
         from the file); MXFP4 expert weights stay packed. `on_step` is told each step as it begins:
@@ -93,15 +97,15 @@ class Engine:
         (llama.cpp's Q8_0: a float16 scale per 32 values); the MXFP4 experts are unchanged.
 
         Raises:
-            ConfigError, CheckpointError: the message names the file and field or tensor.
+            ConfigError, CheckpointError: the message names the file and field or tensor (for an id
+                missing from the cache, the `gptoss-mcp pull` command that fetches it).
             ValueError: bad device or dtype.
         """
         options = EngineOptions(device=device, dtype=dtype, max_context=max_context,
                                 prefill_chunk=prefill_chunk, embed_batch_tokens=embed_batch_tokens,
                                 kv_cache_mb=kv_cache_mb, prefix_cache_mb=prefix_cache_mb, weights=weights)
-        path = Path(path)
-        if not path.is_dir():
-            raise CheckpointError(f"{path}: model directory not found")
+        source = resolve_model(path)
+        path = source.path
         started = time.perf_counter()
         on_step = on_step or (lambda step: None)
         on_step("ops")
@@ -127,7 +131,7 @@ class Engine:
             model.quantize_dense_(originals_mapped=mapped)
         model.bind_device(torch_device)
         model.eval()
-        engine = cls(path, config, model, options, torch_device)
+        engine = cls(path, config, model, options, torch_device, source)
         kernels = f", CPU kernels {engine.cpu_kernels}" if engine.cpu_kernels else ""
         precision = f"{dtype}, int8 attention and unembedding" if weights == "int8" else dtype
         logger.info("loaded %s (%d layers, %s on %s, ops %s%s) in %.1f s", path, config.num_hidden_layers,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 EXIT_BAD_ARGUMENTS = 2
 EXIT_MODEL_FAILED = 3
+_MODEL_HELP = "model directory (HF layout or its original/), or a Hugging Face id ORG/NAME[@REVISION] in the local cache"
 
 
 def _make_model(args: argparse.Namespace) -> int:
@@ -68,6 +69,38 @@ def _generate(args: argparse.Namespace) -> int:
     print(result.text)
     log.info("finish_reason=%s prompt_tokens=%d completion_tokens=%d", result.finish_reason,
              result.usage.prompt_tokens, result.usage.completion_tokens)
+    return 0
+
+
+def _pull(args: argparse.Namespace) -> int:
+    # errors.HTTPError is the base error of huggingface_hub's HTTP library (a dropped connection after retries)
+    from huggingface_hub.errors import (HFValidationError, HTTPError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    from engine import CheckpointError
+    from gptoss_mcp.pull import pull
+
+    log = logging.getLogger("gptoss_mcp")
+    if args.log_level != "DEBUG":  # huggingface_hub's HTTP client logs every request: it would bury the progress bars
+        for client in ("httpx", "httpx2"):
+            logging.getLogger(client).setLevel(logging.WARNING)
+    try:
+        source = pull(args.repo_id, revision=args.revision, layout=args.layout)
+    except HFValidationError as e:
+        log.error("%s", e)
+        return EXIT_BAD_ARGUMENTS
+    except CheckpointError as e:
+        log.error("the download does not hold a loadable model: %s", e)
+        return EXIT_MODEL_FAILED
+    except (RepositoryNotFoundError, RevisionNotFoundError) as e:  # also gated or private repositories
+        log.error("could not download %s: %s", args.repo_id, e)
+        return EXIT_MODEL_FAILED
+    except (HTTPError, LocalEntryNotFoundError, OSError) as e:
+        log.error("could not download %s: %s (running the same command again resumes)", args.repo_id, e)
+        return EXIT_MODEL_FAILED
+    log.info("%s is ready: gptoss-mcp serve --model %s", args.repo_id,
+             args.repo_id + (f"@{args.revision}" if args.revision else ""))
+    print(source.path)
     return 0
 
 
@@ -161,6 +194,7 @@ def _run_http(mcp, settings, log_level: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from engine.model_source import LAYOUTS
     from engine.presets import PRESETS
 
     parser = argparse.ArgumentParser(prog="gptoss-mcp", description=__doc__)
@@ -168,7 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the MCP server")
-    serve.add_argument("--model", default=None, help="model directory, or 'demo' (default: $GPTOSS_MODEL, else demo)")
+    serve.add_argument("--model", default=None,
+                       help="model directory, Hugging Face id ORG/NAME[@REVISION] in the local cache, or 'demo' "
+                            "(default: $GPTOSS_MODEL, else demo)")
     serve.add_argument("--transport", default="stdio", choices=["stdio", "http", "sse"])
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=_positive_int, default=8000)
@@ -218,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     make.set_defaults(run=_make_model)
 
     bench = commands.add_parser("bench", help="measure load time, memory, prompt and decode speed")
-    bench.add_argument("--model", required=True, help="model directory (HF layout or its original/)")
+    bench.add_argument("--model", required=True, help=_MODEL_HELP)
     bench.add_argument("--prompt-tokens", type=_positive_int, nargs="+", default=[128, 512],
                        help="prompt lengths to measure (default: 128 512)")
     bench.add_argument("--gen-tokens", type=_positive_int, default=32, help="tokens per decode round")
@@ -240,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(run=_bench)
 
     gen = commands.add_parser("generate", help="answer one prompt with the model (harmony format)")
-    gen.add_argument("--model", required=True, help="model directory (HF layout or its original/)")
+    gen.add_argument("--model", required=True, help=_MODEL_HELP)
     gen.add_argument("--reasoning-effort", default="medium", choices=["low", "medium", "high"])
     gen.add_argument("--max-tokens", type=_positive_int, default=1024)
     gen.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
@@ -254,7 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     gen.add_argument("prompt")
     gen.set_defaults(run=_generate)
+
+    pull = commands.add_parser("pull", help="download a model from the Hugging Face Hub into the local cache "
+                                            "(only the files the engine loads), then check its shards")
+    pull.add_argument("repo_id", metavar="ORG/NAME", help="e.g. openai/gpt-oss-20b")
+    pull.add_argument("--revision", default=None, help="branch, tag or commit (default: the default branch)")
+    pull.add_argument("--layout", default="hf", choices=sorted(LAYOUTS),
+                      help="hf: the top-level safetensors shards (default); original: the original/ directory")
+    pull.set_defaults(run=_pull)
     return parser
+
 
 
 def _positive_int(text: str) -> int:

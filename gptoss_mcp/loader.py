@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
@@ -22,8 +21,9 @@ def load_engine(settings: ServerSettings, report: Callable[[float, str], None]) 
         torch.set_num_threads(settings.threads)
     if settings.is_demo:
         report(0.1, "preparing the demo model (built on the first start: a few seconds)")
-    path = demo_model_dir() if settings.is_demo else Path(settings.model).expanduser()
-    engine = Engine.load(path, device=settings.device, dtype="bfloat16" if settings.dtype == "auto" else settings.dtype,
+    # A directory or a Hugging Face id: Engine.load resolves it, and engine.source says which it was.
+    model = demo_model_dir() if settings.is_demo else settings.model
+    engine = Engine.load(model, device=settings.device, dtype="bfloat16" if settings.dtype == "auto" else settings.dtype,
                          max_context=settings.max_context, kv_cache_mb=settings.kv_cache_mb,
                          prefix_cache_mb=settings.prefix_cache_mb, weights=settings.weights,
                          on_step=lambda step: report(*_ENGINE_STEPS[step]))

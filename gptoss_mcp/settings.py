@@ -17,7 +17,7 @@ LOOPBACK_NAMES = ("localhost",)
 
 @dataclass(frozen=True)
 class ServerSettings:
-    model: str = "demo"                 # a model directory, or "demo" for the built-in random model
+    model: str = "demo"                 # a model directory, a Hugging Face id ORG/NAME[@REVISION], or "demo"
     transport: str = "stdio"
     host: str = "127.0.0.1"
     port: int = 8000
