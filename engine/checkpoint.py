@@ -14,7 +14,8 @@ import torch
 
 from engine.shard_headers import INDEX_NAME, CheckpointError, TensorInfo, read_shard_headers
 
-__all__ = ["DTYPES", "INDEX_NAME", "CheckpointError", "SafetensorsCheckpoint", "TensorInfo"]
+__all__ = ["DTYPES", "INDEX_NAME", "CheckpointError", "SafetensorsCheckpoint", "TensorInfo", "map_file",
+           "mapped_tensor"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +59,19 @@ class SafetensorsCheckpoint:
         info = self.info(name)
         storage = self._storages.get(info.file)
         if storage is None:
-            # shared=False maps the file privately: pages load lazily and writes never reach the disk.
-            storage = torch.UntypedStorage.from_file(str(info.file), shared=False,
-                                                     nbytes=info.file.stat().st_size)
-            self._storages[info.file] = storage
-        raw = torch.empty(0, dtype=torch.uint8).set_(storage, info.begin, (info.end - info.begin,))
-        dtype = DTYPES[info.dtype]
-        if info.begin % dtype.itemsize:
-            raw = raw.clone()  # unaligned data offsets cannot be viewed as wider types in place
-        return raw.view(dtype).reshape(info.shape)
+            storage = self._storages[info.file] = map_file(info.file)
+        return mapped_tensor(storage, info.begin, info.end - info.begin, DTYPES[info.dtype], info.shape)
+
+
+def map_file(path: Path) -> torch.UntypedStorage:
+    """The whole file, mapped privately: pages load lazily and writes never reach the disk."""
+    return torch.UntypedStorage.from_file(str(path), shared=False, nbytes=path.stat().st_size)
+
+
+def mapped_tensor(storage: torch.UntypedStorage, begin: int, nbytes: int, dtype: torch.dtype,
+                  shape: tuple[int, ...]) -> torch.Tensor:
+    """The bytes [begin, begin + nbytes) of a mapped file as a tensor (a view, no copy, when aligned)."""
+    raw = torch.empty(0, dtype=torch.uint8).set_(storage, begin, (nbytes,))
+    if begin % dtype.itemsize:
+        raw = raw.clone()  # unaligned data offsets cannot be viewed as wider types in place
+    return raw.view(dtype).reshape(shape)

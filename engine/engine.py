@@ -7,7 +7,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from engine.checkpoint import SafetensorsCheckpoint
 from engine.config import ModelConfig
 from engine.embed import embed_token_lists
 from engine.harmony import HarmonyFormat
+from engine.int8 import drop_pages, split_ggml_q8_0
 from engine.messages import ChatMessage, FunctionTool
 from engine.model_source import ModelSource, directory_source, resolve_model
 from engine.kv_cache import ContextLimitError, KVCache
@@ -83,12 +84,16 @@ class Engine:
              max_context: int | None = None, prefill_chunk: int = 512, embed_batch_tokens: int = 4096,
              kv_cache_mb: int | None = None, prefix_cache_mb: int | None = None, weights: str | None = None,
              on_step: Callable[[str], None] | None = None) -> Engine:
-        """Loads a Hugging Face-layout model directory or its `original/` subdirectory, or a Hugging Face
-        id `ORG/NAME[@REVISION]` from the local Hugging Face cache (`engine.model_source`; an existing
+        """Loads a Hugging Face-layout model directory or its `original/` subdirectory, a gpt-oss GGUF
+        file (llama.cpp's; one file or any of a set of split files), or a Hugging Face id
+        `ORG/NAME[@REVISION]` from the local Hugging Face cache (`engine.model_source`; an existing
         directory of that name wins). `engine.source` tells which.
 
         Dense weights are memory-mapped (and only copied when the compute dtype or device differs
-        from the file); MXFP4 expert weights stay packed. `on_step` is told each step as it begins:
+        from the file); MXFP4 expert weights stay packed (a GGUF's are repacked into the same layout,
+        losslessly). A GGUF's Q8_0 tensors stay 8-bit whatever `weights` says: attention and
+        unembedding as with `weights="int8"`, the embedding decoded row by row as it is looked up.
+        `on_step` is told each step as it begins:
         "ops" (loads the C++ ops, compiled on a machine's first start) and "weights".
         `kv_cache_mb` bounds the KV memory of running sequences (default: a quarter of the machine's
         memory, or three quarters of the GPU's free memory); `prefix_cache_mb` the KV kept for reuse across
@@ -99,6 +104,7 @@ class Engine:
         Raises:
             ConfigError, CheckpointError: the message names the file and field or tensor (for an id
                 missing from the cache, the `gptoss-mcp pull` command that fetches it).
+            TokenizerError: a GGUF whose vocabulary is not o200k_harmony's.
             ValueError: bad device or dtype.
         """
         options = EngineOptions(device=device, dtype=dtype, max_context=max_context,
@@ -112,9 +118,16 @@ class Engine:
         ops.select_backend()
         on_step("weights")
         torch_device = _resolve_device(device)
-        config = ModelConfig.from_file(path / "config.json")
-        checkpoint = SafetensorsCheckpoint(path)
-        tensors = read_weights(checkpoint, config)
+        if source.kind == "gguf":
+            from engine.gguf_checkpoint import GGUFCheckpoint  # imports llama.cpp's gguf package
+
+            checkpoint = GGUFCheckpoint([path.parent / name for name in source.files])
+            config = checkpoint.config
+            tensors, q8_0 = checkpoint.read_weights()
+            source = replace(source, tensor_types=checkpoint.tensor_types)
+        else:
+            config = ModelConfig.from_file(path / "config.json")
+            tensors, q8_0 = read_weights(SafetensorsCheckpoint(path), config), {}
         compute_dtype = _DTYPES[dtype]
         specs = canonical_specs(config)
         state = {}
@@ -124,6 +137,11 @@ class Engine:
             # Module names are the HF keys without their "model." prefix.
             state[name.removeprefix("model.")] = tensor.to(device=torch_device, dtype=target)
         model = Transformer(config, compute_dtype)
+        q8_modules = {name.removeprefix("model.").removesuffix(".weight"): blocks for name, blocks in q8_0.items()}
+        model.use_q8_0_(q8_modules)
+        for module, blocks in q8_modules.items():
+            for key, value in _q8_0_state(module, blocks).items():
+                state[f"{module}.{key}"] = value.to(torch_device)
         model.load_state_dict(state, strict=True, assign=True)
         if weights == "int8":
             mapped = torch_device.type == "cpu" and all(
@@ -134,6 +152,8 @@ class Engine:
         engine = cls(path, config, model, options, torch_device, source)
         kernels = f", CPU kernels {engine.cpu_kernels}" if engine.cpu_kernels else ""
         precision = f"{dtype}, int8 attention and unembedding" if weights == "int8" else dtype
+        if q8_0:
+            precision += f" + {len(q8_0)} Q8_0 tensors of the GGUF"
         logger.info("loaded %s (%d layers, %s on %s, ops %s%s) in %.1f s", path, config.num_hidden_layers,
                     precision, torch_device, ops.active_backend(), kernels, time.perf_counter() - started)
         return engine
@@ -177,7 +197,10 @@ class Engine:
 
     @functools.cached_property
     def tokenizer(self) -> Tokenizer:
-        """o200k_harmony from the model directory's tokenizer.json (its parent's, for original/)."""
+        """o200k_harmony from the model directory's tokenizer.json (its parent's, for original/); for a
+        GGUF, whose vocabulary was checked at load to be o200k_harmony's, the bundled o200k ranks."""
+        if self.source.kind == "gguf":
+            return Tokenizer.o200k_harmony(self.config.vocab_size)
         candidates = [self.path / "tokenizer.json", self.path.parent / "tokenizer.json"]
         found = next((p for p in candidates if p.is_file()), candidates[0])
         return Tokenizer(found, self.config.vocab_size)
@@ -250,6 +273,15 @@ class Engine:
             return self.forward(ids, self.new_cache(batch=ids.shape[0], max_context=ids.shape[1]))
 
         return embed_token_lists(forward, token_lists, normalize, self.options.embed_batch_tokens)
+
+
+def _q8_0_state(module: str, blocks: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The buffers of a Q8_0 module (engine.model.use_q8_0_) from ggml's Q8_0 blocks [rows, in/32, 34]."""
+    if module == "embed_tokens":  # looked up by rows: keeps the file's blocks, mapped
+        return {"blocks": blocks}
+    qweight, scales = split_ggml_q8_0(blocks)  # the layout of the Q8_0 kernel, a copy
+    drop_pages(blocks)  # the mapped file pages are not needed any more
+    return {"qweight": qweight, "scales": scales}
 
 
 def _resolve_device(device: str) -> torch.device:

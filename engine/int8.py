@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 
 Q8_BLOCK = 32
+# ggml's block_q8_0, as GGUF files store Q8_0: the float16 scale d, then the block's 32 int8 values.
+GGML_Q8_0_BYTES = 2 + Q8_BLOCK
 
 
 def quantize_q8_0(weight: torch.Tensor, rows_per_chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,6 +46,22 @@ def _round_half_away(x: torch.Tensor) -> torch.Tensor:
 def dequantize_q8_0(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """(int8 [out, in], float16 [out, in/32]) -> float32 [out, in]."""
     return (q.float().reshape(q.shape[0], -1, Q8_BLOCK) * d.float().unsqueeze(-1)).reshape(q.shape)
+
+
+def split_ggml_q8_0(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ggml's Q8_0 blocks uint8 [rows, in/32, 34] -> this module's layout (int8 [rows, in], float16
+    [rows, in/32]): the same numbers, values and scales copied apart; nothing is rounded."""
+    rows, nb, _ = blocks.shape
+    scales = blocks[..., :2].contiguous().view(torch.float16).reshape(rows, nb)  # little-endian, as GGUF
+    qweight = blocks[..., 2:].contiguous().view(torch.int8).reshape(rows, nb * Q8_BLOCK)
+    return qweight, scales
+
+
+def dequantize_ggml_q8_0(blocks: torch.Tensor) -> torch.Tensor:
+    """ggml's Q8_0 blocks uint8 [..., nb, 34] -> float32 [..., nb·32]; exact (int8 × float16 fits float32)."""
+    scales = blocks[..., :2].contiguous().view(torch.float16).float()  # [..., nb, 1]
+    values = blocks[..., 2:].contiguous().view(torch.int8).float()     # [..., nb, 32]
+    return (values * scales).flatten(-2)
 
 
 def drop_pages(tensor: torch.Tensor) -> None:

@@ -13,13 +13,14 @@ sinks and the router are float32; the residual stream, attention and SwiGLU run 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from engine import ops
 from engine.config import ModelConfig, yarn_correction_range
-from engine.int8 import Q8_BLOCK, drop_pages
+from engine.int8 import GGML_Q8_0_BYTES, Q8_BLOCK, dequantize_ggml_q8_0, drop_pages
 from engine.kv_cache import KVCache
 
 
@@ -44,12 +45,23 @@ class Linear(nn.Module):
 class Q8Linear(nn.Module):
     """Linear with its weight in Q8_0's layout (engine.int8): int8 values, a float16 scale per 32."""
 
-    def __init__(self, linear: Linear):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
-        qweight, scales = ops.quantize_q8_0(linear.weight)
-        self.register_buffer("qweight", qweight)
-        self.register_buffer("scales", scales)
-        self.bias = linear.bias
+        _buffer(self, "qweight", out_features, in_features, dtype=torch.int8)
+        _buffer(self, "scales", out_features, in_features // Q8_BLOCK, dtype=torch.float16)
+        if bias:
+            _buffer(self, "bias", out_features)
+        else:
+            self.bias = None
+
+    @classmethod
+    def quantize(cls, linear: Linear) -> Q8Linear:
+        """The Q8_0 rounding of a loaded Linear (weights="int8")."""
+        out_features, in_features = linear.weight.shape
+        module = cls(in_features, out_features, bias=linear.bias is not None)
+        module.qweight, module.scales = ops.quantize_q8_0(linear.weight)
+        module.bias = linear.bias
+        return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.linear_q8(x, self.qweight, self.scales, self.bias)
@@ -197,6 +209,18 @@ class Embedding(nn.Module):
         return self.weight[ids].float()
 
 
+class Q8Embedding(nn.Module):
+    """An embedding table stored in Q8_0 (GGUF files): it keeps ggml's blocks as the file has them
+    (memory-mapped) and decodes only the rows it looks up, so the table is never widened in memory."""
+
+    def __init__(self, vocab: int, dim: int):
+        super().__init__()
+        _buffer(self, "blocks", vocab, dim // Q8_BLOCK, GGML_Q8_0_BYTES, dtype=torch.uint8)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return dequantize_ggml_q8_0(self.blocks[ids])  # [..., D] float32
+
+
 class Transformer(nn.Module):
     def __init__(self, config: ModelConfig, dtype: torch.dtype):
         super().__init__()
@@ -218,11 +242,25 @@ class Transformer(nn.Module):
         modules = [(layer.self_attn, name) for layer in self.layers for name in ("q_proj", "k_proj", "v_proj", "o_proj")]
         for owner, name in [*modules, (self, "lm_head")]:
             original = getattr(owner, name)
-            if original.weight.shape[1] % Q8_BLOCK:
-                continue
-            setattr(owner, name, Q8Linear(original))
+            if not isinstance(original, Linear) or original.weight.shape[1] % Q8_BLOCK:
+                continue  # already Q8_0 (as a GGUF stored it), or rows that are not whole blocks
+            setattr(owner, name, Q8Linear.quantize(original))
             if originals_mapped:
                 drop_pages(original.weight)
+
+    def use_q8_0_(self, names: Iterable[str]) -> None:
+        """Before loading: the named dense modules ("lm_head", "layers.0.self_attn.q_proj",
+        "embed_tokens", ...) become Q8_0 ones, for a checkpoint that stores them in Q8_0 (a GGUF file);
+        their weights are then loaded as `qweight` and `scales` (`blocks` for the embedding)."""
+        for name in names:
+            owner_name, _, attribute = name.rpartition(".")
+            owner = self.get_submodule(owner_name)
+            dense = getattr(owner, attribute)
+            if isinstance(dense, Embedding):
+                setattr(owner, attribute, Q8Embedding(*dense.weight.shape))
+            else:
+                out_features, in_features = dense.weight.shape
+                setattr(owner, attribute, Q8Linear(in_features, out_features, bias=dense.bias is not None))
 
     def forward(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Runs ids [B, T] after the cached context; returns final-normed hidden states [B, T, D] float32."""

@@ -1,5 +1,6 @@
-"""Where the files of a `--model` argument are: a local directory, or a Hugging Face id
-`ORG/NAME[@REVISION]` found in the local Hugging Face cache.
+"""Where the files of a `--model` argument are: a local directory, a GGUF file (llama.cpp's format, one
+file or `NAME-00001-of-0000N.gguf` splits), or a Hugging Face id `ORG/NAME[@REVISION]` found in the
+local Hugging Face cache.
 
 A Hugging Face id is looked up with huggingface_hub's own cache logic (HF_HOME, HF_HUB_CACHE, refs,
 snapshots) and never over the network: a model that is not in the cache is an error naming the
@@ -22,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 # ORG/NAME as the Hub spells repository ids, optionally @ a branch, tag or commit ("refs/pr/1" too).
 _HF_ID = re.compile(r"(?P<repo_id>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[^@\s]+))?")
+# llama.cpp's split files (llama_split_path): PREFIX-00001-of-00003.gguf, numbered from 1.
+_GGUF_SPLIT = re.compile(r"(?P<prefix>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf", re.IGNORECASE)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
@@ -48,28 +51,34 @@ LAYOUTS = {
 class ModelSource:
     """What a `--model` argument named and the files the engine loads for it (reported by the server)."""
 
-    kind: Literal["path", "hf"]
-    id: str                   # the directory as given, or the Hugging Face ORG/NAME
+    kind: Literal["path", "hf", "gguf"]
+    id: str                   # the directory or GGUF file as given, or the Hugging Face ORG/NAME
     revision: str | None      # hf: the revision asked for (None: the default branch)
-    path: Path                # the directory Engine.load reads: the given one, a snapshot, or its original/
-    files: list[str]          # what the engine reads, relative to the given directory or the snapshot
+    path: Path                # what Engine.load reads: the given directory, a snapshot, its original/, or
+                              # the (first) GGUF file
+    files: list[str]          # what the engine reads, relative to the given directory, the snapshot or
+                              # the GGUF file's directory
     commit: str | None = None  # hf: the commit of the snapshot
+    tensor_types: dict[str, int] | None = None  # gguf, once loaded: tensors per ggml type ("MXFP4": 72, ...)
 
 
 def resolve_model(spec: str | Path, *, cache_dir: str | Path | None = None) -> ModelSource:
-    """Resolves a model directory or a Hugging Face id `ORG/NAME[@REVISION]` to the files to load.
+    """Resolves a model directory, a `.gguf` file or a Hugging Face id `ORG/NAME[@REVISION]` to the
+    files to load.
 
     An existing directory wins over a Hugging Face id of the same spelling (with a warning). A
-    directory's contents are left for Engine.load to check, which names the file at fault; a cached
-    snapshot must hold a loadable layout (the Hugging Face one, else `original/`).
+    directory's or GGUF file's contents are left for Engine.load to check, which names the file at
+    fault; a cached snapshot must hold a loadable layout (the Hugging Face one, else `original/`).
 
     Args:
-        spec: a directory, or `ORG/NAME[@REVISION]` (a branch, tag or commit hash).
+        spec: a directory, a `.gguf` file (any one of a set of split files), or `ORG/NAME[@REVISION]`
+            (a branch, tag or commit hash).
         cache_dir: the Hugging Face hub cache; None for huggingface_hub's own (HF_HUB_CACHE, HF_HOME).
 
     Raises:
-        CheckpointError: no such directory, and not a Hugging Face id in the cache (the message names
-            the `gptoss-mcp pull` command), or a cached snapshot that misses files.
+        CheckpointError: no such directory or GGUF file (or a split file missing), and not a Hugging
+            Face id in the cache (the message names the `gptoss-mcp pull` command), or a cached
+            snapshot that misses files.
     """
     path = Path(spec).expanduser()
     hf_id = _HF_ID.fullmatch(str(spec))
@@ -78,6 +87,8 @@ def resolve_model(spec: str | Path, *, cache_dir: str | Path | None = None) -> M
             logger.warning("%s is both a local directory (%s) and a Hugging Face id: loading the directory",
                            spec, path.resolve())
         return directory_source(path)
+    if path.suffix.lower() == ".gguf":
+        return gguf_source(path)
     if hf_id is None:
         raise CheckpointError(f"{path}: model directory not found")
     return cached_model(hf_id["repo_id"], hf_id["revision"], cache_dir=cache_dir)
@@ -87,6 +98,27 @@ def directory_source(path: Path) -> ModelSource:
     """A local model directory as a source: the files the engine would read there, as far as they exist."""
     present, _ = _inventory(path)
     return ModelSource("path", str(path), None, path, [os.path.relpath(f, path) for f in present])
+
+
+def gguf_source(path: Path) -> ModelSource:
+    """A GGUF file as a source: the file, or all of the split files it is one of.
+
+    Raises:
+        CheckpointError: the file, or one of its split files, does not exist.
+    """
+    split = _GGUF_SPLIT.fullmatch(path.name)
+    files = [path]
+    if split:
+        count, index = int(split["count"]), int(split["index"])
+        if not 1 <= index <= count:
+            raise CheckpointError(f"{path}: a split GGUF file is numbered 1 to its count, not {index} of {count}")
+        files = [path.with_name(f"{split['prefix']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        where = f" (split files of {path.name} in {path.parent})" if split else ""
+        raise CheckpointError(f"{path}: GGUF file(s) not found: {', '.join(missing)}{where}")
+    logger.info("%s: GGUF, %d file(s): %s", path, len(files), ", ".join(f.name for f in files))
+    return ModelSource("gguf", str(path), None, files[0], [f.name for f in files])
 
 
 def cached_model(repo_id: str, revision: str | None = None, layouts: tuple[str, ...] = ("hf", "original"), *,

@@ -26,6 +26,7 @@ import os
 import re
 import struct
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,44 @@ def check_ranks(ranks: dict[bytes, int]) -> None:
     """
     if error := _sha256_error(ranks):
         raise ValueError(f"ranks are not o200k_base.tiktoken: {error}")
+
+
+# Byte-level characters -> the latin-1 character of the byte they stand for (str.translate is fast).
+_BYTE_LEVEL_TO_LATIN1 = str.maketrans({c: chr(b) for c, b in _U2B.items()})
+
+
+def check_byte_level_vocab(tokens: Iterable[str]) -> None:
+    """Verify that byte-level BPE token strings listed in id order (a GGUF's ``tokenizer.ggml.tokens``)
+    start with exactly o200k_base's ranks, followed by the harmony special tokens at their ids.
+
+    The ranks are checked by the same SHA-256 as :func:`check_ranks`, computed on the fly, so no
+    rank table is built.
+
+    Args:
+        tokens: Token strings by id, at least up to the last special token.
+
+    Raises:
+        ValueError: Naming the first token that differs, or the hash that does.
+    """
+    digest, count, last = hashlib.sha256(), 0, max(SPECIAL_TOKENS)
+    for i, text in enumerate(tokens):
+        if i > last:
+            break
+        if i >= _FIRST_SPECIAL:
+            if text != SPECIAL_TOKENS[i]:
+                raise ValueError(f"token {i} is {text!r}, expected {SPECIAL_TOKENS[i]!r}")
+        else:
+            try:
+                token = text.translate(_BYTE_LEVEL_TO_LATIN1).encode("latin-1")
+            except UnicodeEncodeError:
+                raise ValueError(f"token {i} ({text!r}) is not byte-level encoded") from None
+            digest.update(base64.b64encode(token) + b" %d\n" % i)  # a line of tiktoken_text
+        count = i + 1
+    if count <= last:
+        raise ValueError(f"it has {count} tokens, o200k_harmony {last + 1}")
+    if digest.hexdigest() != O200K_BASE_SHA256:
+        raise ValueError(f"its first {_FIRST_SPECIAL} tokens are not o200k_base's: expected SHA-256 "
+                         f"{O200K_BASE_SHA256}, got {digest.hexdigest()}")
 
 
 def load_quicktok_ranks() -> dict[bytes, int]:

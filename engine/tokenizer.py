@@ -1,4 +1,5 @@
-"""The o200k_harmony tokenizer, from the model directory's `tokenizer.json`.
+"""The o200k_harmony tokenizer, from the model directory's `tokenizer.json` (for a GGUF file, whose
+vocabulary the loader checked, from the o200k ranks bundled with the engine).
 
 The file's BPE ranks are read and checked to be o200k's (SHA-256); encoding then goes through
 openai-harmony's own o200k_harmony encoding (tiktoken's algorithm) built from those ranks, with
@@ -28,7 +29,7 @@ _PROBE_IDS = [13225, 2375, 11, 71184, 220, 7633, 2548, 464, 91, 5236, 91, 523, 5
 
 
 class TokenizerError(ValueError):
-    """tokenizer.json is missing, malformed, or not the o200k vocabulary; names the file."""
+    """tokenizer.json (or a GGUF file's vocabulary) is missing, malformed, or not o200k; names the file."""
 
 
 class Tokenizer:
@@ -37,13 +38,25 @@ class Tokenizer:
         if not path.is_file():
             raise TokenizerError(f"{path}: tokenizer file not found")
         try:
-            self.ranks = o200k.ranks_from_tokenizer_json(path)
-            o200k.check_ranks(self.ranks)
+            ranks = o200k.ranks_from_tokenizer_json(path)
+            o200k.check_ranks(ranks)
         except ValueError as e:
             raise TokenizerError(f"{path}: not the o200k_harmony tokenizer: {e}") from None
+        self._build(ranks, vocab_size, path)
+
+    @classmethod
+    def o200k_harmony(cls, vocab_size: int) -> Tokenizer:
+        """From the o200k ranks bundled with the engine (checked by SHA-256), for a checkpoint without a
+        tokenizer.json whose vocabulary was checked to be o200k_harmony's (a GGUF file)."""
+        tokenizer = cls.__new__(cls)
+        tokenizer._build(o200k.load_quicktok_ranks(), vocab_size, "the bundled o200k ranks")
+        return tokenizer
+
+    def _build(self, ranks: dict[bytes, int], vocab_size: int, origin: str | Path) -> None:
+        self.ranks = ranks
         self.encoding = _harmony_encoding(self.ranks)
         if self.encode(_PROBE_TEXT) != _PROBE_IDS:  # the ranks were checked; this checks the encoding's rules
-            raise TokenizerError(f"{path}: encodes differently from o200k_harmony")
+            raise TokenizerError(f"{origin}: encodes differently from o200k_harmony")
         self.vocab_size = vocab_size
         self._bytes: list[bytes] = [b""] * vocab_size
         for token, rank in self.ranks.items():

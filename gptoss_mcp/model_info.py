@@ -41,6 +41,14 @@ def model_info(settings: ServerSettings, runner: EngineRunner) -> dict[str, Any]
         info["note"] = ("demo model: random weights in the real gpt-oss format; its text is gibberish by "
                         "construction. Serve a real checkpoint with --model PATH.")
     if engine is not None:
+        source = engine.source
+        info["source"] = {"kind": "demo" if settings.is_demo else source.kind, "id": source.id,
+                          "revision": source.revision, "commit": source.commit, "path": str(source.path),
+                          "files": source.files}
+        if source.kind == "gguf":
+            info["source"]["tensor_types"] = source.tensor_types
+            info["weight_format"] = "GGUF tensors by ggml type: " + ", ".join(
+                f"{kind} {count}" for kind, count in sorted((source.tensor_types or {}).items()))
         config = engine.config
         info.update(
             config={"layers": config.num_hidden_layers, "experts": config.num_local_experts,

@@ -17,7 +17,7 @@ LOOPBACK_NAMES = ("localhost",)
 
 @dataclass(frozen=True)
 class ServerSettings:
-    model: str = "demo"                 # a model directory, a Hugging Face id ORG/NAME[@REVISION], or "demo"
+    model: str = "demo"                 # a model directory, a Hugging Face id ORG/NAME[@REVISION], a .gguf file, or "demo"
     transport: str = "stdio"
     host: str = "127.0.0.1"
     port: int = 8000

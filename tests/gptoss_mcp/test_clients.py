@@ -70,6 +70,7 @@ async def _basic_session(client) -> None:
 
     model = await _read_json(client, "gptoss://model")
     assert model["config"]["layers"] == 2 and model["demo"] is False and model["ops_backend"] == "extension"
+    assert model["source"]["kind"] == "path" and "config.json" in model["source"]["files"]
     assert model["parameters"] > 0 and model["dtype"] == "bfloat16"
     assert model["cpu_kernels"] in {"amx", "avx512_bf16", "avx2", "portable"}
     status = await _read_json(client, "gptoss://status")

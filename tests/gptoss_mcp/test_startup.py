@@ -35,7 +35,7 @@ def test_first_reply_arrives_while_the_demo_model_is_still_being_built(tmp_path)
                                                "about a minute)", "mapping the weights", "loading the tokenizer"))
                                    for m in loading), loading  # the messages say what loading does
             model = json.loads((await client.read_resource("gptoss://model")).contents[0].text)
-            assert model["demo"] is True and "gibberish" in model["note"]
+            assert model["demo"] is True and "gibberish" in model["note"] and model["source"]["kind"] == "demo"
 
     anyio.run(main)
 
@@ -140,4 +140,6 @@ def test_the_server_modules_import_neither_torch_nor_the_engine_nor_a_tokenizer(
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('torch', 'tokenizers', 'openai_harmony', 'safetensors', 'numpy', 'engine')))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert json.loads(loaded.replace("'", '"')) == ["engine", "engine.config", "engine.presets"]  # torch-free
+    # torch-free: the model spec is resolved without torch (engine.model_source), and the parser lists presets
+    assert json.loads(loaded.replace("'", '"')) == ["engine", "engine.config", "engine.model_source", "engine.presets",
+                                                    "engine.shard_headers"]
