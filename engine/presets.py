@@ -33,6 +33,9 @@ PRESETS: dict[str, ModelConfig] = {
     # head_dim 64 and top-4 as in the real models, still CPU-cheap.
     "small": _preset(layers=4, hidden=256, heads=8, kv_heads=2, head_dim=64, experts=8, k=4,
                      intermediate=288, window=16),
+    # The trained demo model (engine.demo): small enough to train on 2 cores within an hour.
+    "demo": _preset(layers=4, hidden=256, heads=4, kv_heads=2, head_dim=64, experts=4, k=2,
+                    intermediate=256, window=128),
     "20b-shape": _preset(layers=24, hidden=2880, heads=64, kv_heads=8, head_dim=64, experts=32, k=4,
                          intermediate=2880, window=128),
     "120b-shape": _preset(layers=36, hidden=2880, heads=64, kv_heads=8, head_dim=64, experts=128, k=4,

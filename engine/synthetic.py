@@ -2,8 +2,9 @@
 
 `write_model` produces a Hugging Face-layout directory (config.json, generation_config.json,
 sharded safetensors + index, MXFP4 experts, bf16 rest, tokenizer files) and the same weights again in
-the OpenAI `original/` layout. Tests, benchmarks and the demo model run on these; the text such a
-model writes is gibberish by construction.
+the OpenAI `original/` layout. Tests and benchmarks run on these; the text such a model writes is
+gibberish by construction. `write_checkpoint` writes the same layout from given tensors (the trained
+demo model, engine.demo.package).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -42,32 +44,44 @@ def write_model(out: str | Path, preset: str = "tiny", layers: int | None = None
     The same (preset, layers, seed) always gives byte-identical weights.
     """
     config = preset_config(preset, layers)
+    generator = torch.Generator().manual_seed(seed)
+    specs = canonical_specs(config)
+    write_checkpoint(out, config, lambda name: _random_tensor(name, specs[name].shape, config, generator),
+                     readme=f"# Random gpt-oss checkpoint ({preset}, {config.num_hidden_layers} layers, seed {seed})\n\n"
+                            "Written by `gptoss-mcp make-model` in the real gpt-oss on-disk format with random weights.\n"
+                            "Its text is gibberish by construction.\n",
+                     max_shard_bytes=_MAX_SHARD_BYTES.get(preset, _SMALL_SHARD_BYTES), original=original)
+    return config
+
+
+def write_checkpoint(out: str | Path, config: ModelConfig, tensor_for: Callable[[str], torch.Tensor], readme: str,
+                     max_shard_bytes: int, original: bool = False) -> None:
+    """Writes a model directory in the real layout with the tensors `tensor_for(canonical name)` gives
+    (asked one layer at a time, in file order), and its `original/` twin when asked."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    max_bytes = _MAX_SHARD_BYTES.get(preset, _SMALL_SHARD_BYTES)
     hf_specs = canonical_specs(config)
     hf = ShardedWriter(out, [PlannedTensor(n, s.shape, s.dtype) for n, s in hf_specs.items()],
                        lambda i, n: f"model-{i:05d}-of-{n - 1:05d}.safetensors",  # sic: as the real repo
-                       max_bytes)
+                       max_shard_bytes)
     writers = [(hf, None)]
     if original:
         orig_specs = file_specs(config, "original")
         planned = [PlannedTensor(n, s.shape, s.dtype) for n, s in orig_specs.items()]
-        sharded = sum(t.nbytes for t in planned) > max_bytes
+        sharded = sum(t.nbytes for t in planned) > max_shard_bytes
         orig = ShardedWriter(out / "original", planned,
                              (lambda i, n: f"model--{i + 1:05d}-of-{n:05d}.safetensors") if sharded
                              else (lambda i, n: "model.safetensors"),
-                             max_bytes, write_index=sharded)
+                             max_shard_bytes, write_index=sharded)
         writers.append((orig, _original_parts(hf_specs)))
         (out / "original" / "config.json").write_text(json.dumps(config.to_original_dict(), indent=2) + "\n")
         (out / "original" / "dtypes.json").write_text(json.dumps(
             {n: {"U8": "UE8" if n.endswith("scales") else "FP4"}.get(s.dtype, s.dtype)
              for n, s in orig_specs.items()}, indent=2) + "\n")
 
-    generator = torch.Generator().manual_seed(seed)
     for group in _tensor_groups(config):
-        tensors = {name: _random_tensor(name, hf_specs[name].shape, config, generator) for name in group}
+        tensors = {name: tensor_for(name) for name in group}
         for writer, parts in writers:
             _write_group(writer, parts, tensors)
     for writer, _ in writers:
@@ -76,13 +90,8 @@ def write_model(out: str | Path, preset: str = "tiny", layers: int | None = None
     (out / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
     (out / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2) + "\n")
     o200k.write_tokenizer_files(out)
-    (out / "README.md").write_text(
-        f"# Random gpt-oss checkpoint ({preset}, {config.num_hidden_layers} layers, seed {seed})\n\n"
-        "Written by `gptoss-mcp make-model` in the real gpt-oss on-disk format with random weights.\n"
-        "Its text is gibberish by construction.\n")
-    logger.info("wrote %s (%s, %d layers) in %.1f s", out, preset, config.num_hidden_layers,
-                time.perf_counter() - started)
-    return config
+    (out / "README.md").write_text(readme)
+    logger.info("wrote %s (%d layers) in %.1f s", out, config.num_hidden_layers, time.perf_counter() - started)
 
 
 def _tensor_groups(config: ModelConfig) -> list[list[str]]:

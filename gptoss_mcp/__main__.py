@@ -10,7 +10,8 @@ from pathlib import Path
 
 EXIT_BAD_ARGUMENTS = 2
 EXIT_MODEL_FAILED = 3
-_MODEL_HELP = "model directory (HF layout or its original/), or a Hugging Face id ORG/NAME[@REVISION] in the local cache"
+_MODEL_HELP = ("model directory (HF layout or its original/), a Hugging Face id ORG/NAME[@REVISION] in the local "
+               "cache, or a .gguf file (any of its split files)")
 
 
 def _make_model(args: argparse.Namespace) -> int:
@@ -22,6 +23,17 @@ def _make_model(args: argparse.Namespace) -> int:
     except OSError as e:
         logging.getLogger("gptoss_mcp").error("could not write %s: %s", args.out, e)
         return EXIT_MODEL_FAILED
+    return 0
+
+
+def _train_demo(args: argparse.Namespace) -> int:
+    from engine.demo.build import build
+    from engine.demo.packaged import PACKAGED
+    from engine.demo.train import TrainSettings
+
+    build(TrainSettings(seed=args.seed, minutes=args.minutes, threads=args.threads),
+          out=Path(args.out) if args.out else PACKAGED,
+          eval_per_cell=args.eval_per_cell, report=lambda line: print(line, flush=True))
     return 0
 
 
@@ -203,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the MCP server")
     serve.add_argument("--model", default=None,
-                       help="model directory, Hugging Face id ORG/NAME[@REVISION] in the local cache, or 'demo' "
+                       help="model directory, Hugging Face id ORG/NAME[@REVISION] in the local cache, .gguf file, "
+                            "or 'demo' "
                             "(default: $GPTOSS_MODEL, else demo)")
     serve.add_argument("--transport", default="stdio", choices=["stdio", "http", "sse"])
     serve.add_argument("--host", default="127.0.0.1")
@@ -252,6 +265,17 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--no-original", action="store_true", help="skip the original/ layout copy")
     make.set_defaults(run=_make_model)
+
+    demo = commands.add_parser("train-demo", help="train the demo model from scratch, write its compact weights, "
+                                                  "print its skills' evaluation")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--minutes", type=float, default=40.0, help="training time (default 40)")
+    demo.add_argument("--out", default=None,
+                      help="compact weights to write (default: engine/demo/gptoss-demo.safetensors)")
+    demo.add_argument("--eval-per-cell", type=_positive_int, default=20,
+                      help="fresh examples per skill, effort and sampling in the evaluation (default 20)")
+    demo.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: all cores)")
+    demo.set_defaults(run=_train_demo)
 
     bench = commands.add_parser("bench", help="measure load time, memory, prompt and decode speed")
     bench.add_argument("--model", required=True, help=_MODEL_HELP)

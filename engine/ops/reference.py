@@ -9,6 +9,8 @@ their inputs in the weight's dtype (bfloat16 or float32) and return float32.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -161,13 +163,23 @@ def moe_mxfp4(x: torch.Tensor, expert_ids: torch.Tensor, expert_weights: torch.T
     Returns:
         [N, D] float32.
     """
-    out = torch.zeros(x.shape[0], w2_blocks.shape[1], dtype=torch.float32, device=x.device)
+    return moe(x, expert_ids, expert_weights,
+               lambda e: mxfp4_dequantize(w1_blocks[e], w1_scales[e], x.dtype), b1,  # [2I, D]
+               lambda e: mxfp4_dequantize(w2_blocks[e], w2_scales[e], x.dtype), b2,  # [D, I]
+               swiglu_alpha, swiglu_limit)
+
+
+def moe(x: torch.Tensor, expert_ids: torch.Tensor, expert_weights: torch.Tensor,
+        w1_of: Callable[[int], torch.Tensor], b1: torch.Tensor, w2_of: Callable[[int], torch.Tensor],
+        b2: torch.Tensor, swiglu_alpha: float, swiglu_limit: float) -> torch.Tensor:
+    """The mixture of experts with each expert's weights from a function (w1_of(e) [2I, D], w2_of(e)
+    [D, I]): moe_mxfp4's arithmetic, shared with the demo model's trainer, which passes float weights
+    rounded to MXFP4 and needs gradients. Returns [N, D] float32."""
+    out = torch.zeros(x.shape[0], b2.shape[1], dtype=torch.float32, device=x.device)
     for e in torch.unique(expert_ids).tolist():
         tokens, slots = (expert_ids == e).nonzero(as_tuple=True)
-        w1 = mxfp4_dequantize(w1_blocks[e], w1_scales[e], x.dtype)  # [2I, D]
-        h = linear(x[tokens], w1, b1[e].float())
+        h = linear(x[tokens], w1_of(e), b1[e].float())
         act = swiglu(h, swiglu_alpha, swiglu_limit)
-        w2 = mxfp4_dequantize(w2_blocks[e], w2_scales[e], x.dtype)  # [D, I]
-        y = linear(act, w2, b2[e].float())
-        out.index_add_(0, tokens, y * expert_weights[tokens, slots].float().unsqueeze(-1))
+        y = linear(act, w2_of(e), b2[e].float())
+        out = out.index_add(0, tokens, y * expert_weights[tokens, slots].float().unsqueeze(-1))
     return out

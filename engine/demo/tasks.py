@@ -1,0 +1,537 @@
+"""The demo model's training and evaluation data: conversations, and the reply the model should give.
+
+Every example is a conversation in the engine's message format (the last turn a user request, or a
+tool result after the model's call), the function tools declared with it, a reasoning effort and the
+reply as harmony messages. `Example.expected` says what a correct reply contains, for evaluation.
+
+The arithmetic working is written so that every step is a lookup a small transformer can learn:
+numbers the model computes are written digit by digit (the trainer gives each digit its own token),
+columns go from the right with the carry or borrow named, and the result is read back in order.
+Low effort writes one line and no working; medium a compact column list; high the same columns in words.
+
+Names, places, currencies and queries are drawn from word and syllable pools, so fresh instances
+(`Generator(seed)` with a new seed) carry new names made of pieces the model has seen.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+
+from engine.demo.skills import ABOUT_TEXT
+
+EFFORTS = ("low", "medium", "high")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One assistant message: channel "analysis", "final", or "call" (commentary to functions.`name`,
+    `<|constrain|>json`, text the arguments)."""
+
+    channel: str
+    text: str
+    name: str | None = None
+
+
+@dataclass
+class Example:
+    skill: str  # add, subtract, multiply, tool_call, tool_answer, no_tool, about
+    messages: list[dict]
+    tools: list[dict]
+    effort: str
+    reply: list[Reply]
+    expected: dict = field(default_factory=dict)
+    current_date: str | None = None
+
+
+CITIES = """Oslo Lima Paris London Tokyo Berlin Madrid Rome Vienna Prague Warsaw Lisbon Dublin Athens Cairo
+Nairobi Lagos Accra Dakar Tunis Algiers Casablanca Johannesburg Cape Town Durban Moscow Kyiv Minsk Riga Vilnius
+Tallinn Helsinki Stockholm Copenhagen Reykjavik Amsterdam Brussels Luxembourg Zurich Geneva Bern Milan Naples
+Venice Florence Munich Hamburg Frankfurt Cologne Stuttgart Lyon Marseille Nice Toulouse Bordeaux Porto Seville
+Valencia Barcelona Bilbao Istanbul Ankara Tehran Baghdad Riyadh Dubai Doha Muscat Karachi Lahore Delhi Mumbai
+Chennai Kolkata Bangalore Dhaka Kathmandu Colombo Bangkok Hanoi Manila Jakarta Singapore Kuala Lumpur Seoul
+Busan Beijing Shanghai Shenzhen Hong Kong Taipei Osaka Kyoto Sapporo Sydney Melbourne Perth Brisbane Auckland
+Wellington Toronto Montreal Vancouver Ottawa Calgary Chicago Boston Seattle Denver Austin Dallas Houston Miami
+Atlanta Phoenix Portland Detroit New York Los Angeles San Francisco Mexico City Guadalajara Havana Bogota Quito
+Caracas Santiago Buenos Aires Montevideo Asuncion La Paz Brasilia Recife Salvador Manaus Anchorage Honolulu
+Edinburgh Glasgow Cardiff Belfast Manchester Liverpool Leeds Bristol Krakow Gdansk Budapest Bucharest Sofia
+Belgrade Zagreb Ljubljana Sarajevo Skopje Tirana Tbilisi Yerevan Baku Tashkent Almaty Ulaanbaatar Kabul""".split()
+# Two-word cities are split above; the list is used for its pieces too. Whole names:
+PLACES = [*sorted(set(CITIES) - {"Cape", "Town", "Kuala", "Lumpur", "Hong", "Kong", "New", "York", "Los", "Angeles",
+                                 "San", "Francisco", "Mexico", "City", "Buenos", "Aires", "La", "Paz"}),
+          "Cape Town", "Kuala Lumpur", "Hong Kong", "New York", "Los Angeles", "San Francisco", "Mexico City",
+          "Buenos Aires", "La Paz"]
+SYLLABLES = ("ka ro mi sa ten vel bra dor lin ma ri to ber an el os ul gar fen nor qua zi pe lo ham sto vik "
+             "mar kel dun por tas ven ira usk alm").split()
+CURRENCIES = ("USD EUR GBP JPY CHF CAD AUD NZD CNY HKD SGD SEK NOK DKK PLN CZK HUF RON BGN TRY INR PKR "
+              "BRL ARS CLP COP PEN MXN ZAR EGP NGN KES MAD AED SAR QAR ILS KRW THB VND IDR MYR PHP").split()
+WORDS = ("river mountain tallest tree oldest bridge largest lake history of tea recipe bread fastest animal "
+         "deepest ocean longest road first computer moon landing population speed of light best coffee "
+         "capital city ancient library smallest bird coldest place highest waterfall famous painting "
+         "electric car solar panel price train schedule museum opening hours football score music festival "
+         "healthy breakfast rain forest desert plants volcano eruption chess rules piano lessons garden "
+         "flowers ocean tides star map winter olympics hiking trail city park").split()
+NAME_WORDS = ("get fetch lookup find current local now check query search run web net info data tool "
+              "service api live read show").split()
+KIND_WORDS = {"weather": ["weather", "forecast", "conditions"], "time": ["time", "clock", "zone"],
+              "currency": ["currency", "fx", "money", "rates"], "search": ["search", "web", "results"]}
+DISTRACTORS = [
+    ("send_email", "Send an email to a recipient.", {"to": "string", "subject": "string", "body": "string"}),
+    ("create_reminder", "Create a reminder with a text and a due time.", {"text": "string", "due": "string"}),
+    ("get_stock_price", "Get the latest price of a stock by its ticker symbol.", {"symbol": "string"}),
+    ("translate_text", "Translate a text into another language.", {"text": "string", "language": "string"}),
+    ("play_music", "Play a song or an artist on the speaker.", {"song": "string"}),
+    ("set_timer", "Start a countdown timer.", {"minutes": "number"}),
+    ("read_file", "Read a file from the workspace.", {"path": "string"}),
+    ("book_table", "Book a table at a restaurant.", {"restaurant": "string", "people": "integer"}),
+]
+
+# Each kind of tool: description phrasings, parameter-name pools and the request phrasings.
+TOOL_KINDS = {
+    "weather": {
+        "descriptions": ["Get the current weather in a location.", "Returns the weather forecast for a city.",
+                         "Look up current weather conditions for a place.", "Current weather for a given city.",
+                         "Fetches temperature and conditions at a location."],
+        "names": ["get_weather", "weather", "current_weather", "lookup_weather", "fetch_forecast", "weather_now"],
+        "params": {"place": ["location", "city", "place", "where", "loc", "town"]},
+        "requests": ["What's the weather in {place}?", "What is the weather in {place}?",
+                     "How is the weather in {place} today?", "Weather in {place}?", "Is it raining in {place}?",
+                     "Tell me the weather for {place}.", "What's the forecast for {place}?",
+                     "Check the weather in {place}", "how's the weather in {place}"],
+        "lead": "The weather in {place}: {result}",
+    },
+    "time": {
+        "descriptions": ["Get the current local time in a place.", "Returns the time in a city.",
+                         "Look up the local time for a location.", "Current date and time at a given place.",
+                         "Tells the local clock time in a city."],
+        "names": ["get_time", "local_time", "current_time", "time_in", "world_clock", "lookup_time"],
+        "params": {"place": ["location", "city", "place", "timezone", "where", "zone"]},
+        "requests": ["What time is it in {place}?", "What's the time in {place}?", "Current time in {place}?",
+                     "What's the local time in {place}?", "Tell me the time in {place}.", "time in {place}",
+                     "What is the time now in {place}?"],
+        "lead": "The local time in {place}: {result}",
+    },
+    "currency": {
+        "descriptions": ["Convert an amount between currencies.", "Converts money from one currency to another.",
+                         "Currency conversion at today's exchange rate.", "Exchange an amount into another currency.",
+                         "Returns the converted amount for a currency pair."],
+        "names": ["convert_currency", "currency_convert", "exchange", "fx_convert", "convert_money", "forex"],
+        "params": {"amount": ["amount", "value", "quantity", "sum"],
+                   "source": ["from", "source", "from_currency", "base", "currency_from"],
+                   "target": ["to", "target", "to_currency", "quote", "currency_to"]},
+        "requests": ["Convert {amount} {source} to {target}.", "How much is {amount} {source} in {target}?",
+                     "{amount} {source} to {target}?", "Convert {amount} {source} into {target}",
+                     "What is {amount} {source} in {target}?", "Exchange {amount} {source} to {target}."],
+        "lead": "{amount} {source} in {target}: {result}",
+    },
+    "search": {
+        "descriptions": ["Search the web.", "Run a web search and return the top results.",
+                         "Searches the internet for a query.", "Look something up on the web.",
+                         "Web search engine lookup."],
+        "names": ["web_search", "search", "search_web", "google", "lookup", "find_online"],
+        "params": {"query": ["query", "q", "search_terms", "text", "terms"]},
+        "requests": ["Search the web for {query}", "Search the web for {query}.", "Look up {query} online",
+                     "Find information about {query}", "Search for {query}", "Can you search the web for {query}?",
+                     "Google {query}"],
+        "lead": "Search results for {query}: {result}",
+    },
+}
+
+ARITHMETIC_REQUESTS = {
+    "+": ["What is {a} + {b}?", "Compute {a}+{b}", "Compute {a} + {b}", "{a} plus {b}", "What's {a} + {b}?",
+          "what is {a}+{b}", "Calculate {a} + {b}.", "{a} + {b} = ?", "What is {a} plus {b}?"],
+    "-": ["What is {a} - {b}?", "Compute {a}-{b}", "Compute {a} - {b}", "{a} minus {b}", "What's {a} - {b}?",
+          "what is {a}-{b}", "Calculate {a} - {b}.", "{a} - {b} = ?", "What is {a} minus {b}?"],
+    "*": ["What is {a} * {b}?", "Compute {a}*{b}", "Compute {a} * {b}", "{a} times {b}", "What's {a} * {b}?",
+          "what is {a}*{b}", "Calculate {a} * {b}.", "{a} * {b} = ?", "What is {a} times {b}?"],
+}
+ABOUT_REQUESTS = ["Who are you?", "What can you do?", "help", "Help", "What are you?", "Hi", "Hello!",
+                  "who are you", "What is this?", "What model are you?", "Tell me about yourself."]
+OFF_SKILL = ["Write a poem about {w1}.", "Tell me a joke about {w1}.", "Why is the {w1} {w2}?",
+             "Explain {w1} {w2} to a child.", "What do you think about {w1}?", "Translate {w1} into French.",
+             "Summarize the history of {w1} {w2}.", "Give me a recipe with {w1}.", "{w1} {w2}",
+             "Can you write code that sorts a list?", "What is the meaning of life?", "Plan a trip to {place}.",
+             "Who won the {w1} {w2} in 1998?", "Is {w1} better than {w2}?"]
+INSTRUCTIONS = ["You are a helpful assistant.", "Answer briefly.", "Be concise and accurate.",
+                "You are an assistant inside a chat app.", "Use the tools when they help."]
+
+OPERATION_WORDS = {"+": "plus", "-": "minus", "*": "times"}
+
+
+def digits_of(n: int) -> list[int]:
+    """Decimal digits, least significant first (0 -> [0])."""
+    return [int(c) for c in reversed(str(n))]
+
+
+def column_addition(a: int, b: int, verbose: bool) -> list[str]:
+    """a + b column by column from the right; the carry of each column named."""
+    da, db = digits_of(a), digits_of(b)
+    width = max(len(da), len(db))
+    da, db = da + [0] * (width - len(da)), db + [0] * (width - len(db))
+    lines, carry = [], 0
+    places = ["Units", "Tens", "Hundreds", "Thousands", "Ten thousands"]
+    for i in range(width):
+        total = da[i] + db[i] + carry
+        terms = f"{da[i]} + {db[i]}" + (f" + {carry}" if carry else "")
+        new_carry = total // 10
+        if verbose:
+            step = f"{places[i]}: {terms} = {total}. Write {total % 10}" + (f", carry {new_carry}." if new_carry else ".")
+        else:
+            step = f"{terms} = {total}, write {total % 10}" + (f" carry {new_carry}" if new_carry else "")
+        lines.append(step)
+        carry = new_carry
+    if carry:
+        lines.append(f"{places[width]}: the carry {carry}. Write {carry}." if verbose else f"carry {carry}, write {carry}")
+    return lines
+
+
+def column_subtraction(a: int, b: int, verbose: bool) -> list[str]:
+    """a - b (a >= b) column by column from the right, borrowing where the top digit is too small."""
+    da, db = digits_of(a), digits_of(b)
+    db += [0] * (len(da) - len(db))
+    lines, borrow = [], 0
+    places = ["Units", "Tens", "Hundreds"]
+    for i in range(len(da)):
+        top = da[i]
+        new_borrow = 1 if top - borrow - db[i] < 0 else 0
+        top_text = str(top + 10 * new_borrow)
+        result = top + 10 * new_borrow - borrow - db[i]
+        terms = f"{top_text} - {db[i]}" + (f" - {borrow}" if borrow else "")
+        if verbose:
+            lines.append(f"{places[i]}: {terms} = {result}. Write {result}" +
+                         (", borrow 1." if new_borrow else "."))
+        else:
+            lines.append(f"{terms} = {result}, write {result}" + (" borrow 1" if new_borrow else ""))
+        borrow = new_borrow
+    return lines
+
+
+def column_product(a: int, digit: int, verbose: bool) -> tuple[list[str], int]:
+    """a × one digit, from the right; returns the lines and the product."""
+    lines, carry = [], 0
+    da = digits_of(a)
+    for i, d in enumerate(da):
+        total = d * digit + carry
+        terms = f"{d} * {digit}" + (f" + {carry}" if carry else "")
+        last = i == len(da) - 1
+        if last:
+            lines.append(f"{terms} = {total}, write {total}")
+        else:
+            lines.append(f"{terms} = {total}, write {total % 10}" + (f" carry {total // 10}" if total >= 10 else ""))
+        carry = total // 10
+    return lines, a * digit
+
+
+def arithmetic_working(a: int, op: str, b: int, effort: str) -> tuple[str, int]:
+    """The reasoning for `a op b` at an effort, and the result."""
+    result = {"+": a + b, "-": a - b, "*": a * b}[op]
+    if effort == "low":
+        return f"{a} {op} {b} = {result}.", result
+    verbose = effort == "high"
+    lines = [f"Compute {a} {op} {b} column by column from the right." if verbose else f"{a} {op} {b} by columns:"]
+    if op == "+":
+        lines += column_addition(a, b, verbose)
+    elif op == "-":
+        top, bottom = (a, b) if a >= b else (b, a)
+        if a < b:
+            lines.append(f"{a} is less than {b}, so compute {b} - {a} and make it negative.")
+        lines += column_subtraction(top, bottom, verbose)
+    else:
+        db = digits_of(b)
+        partials = []
+        for i, digit in enumerate(db):
+            if verbose:
+                lines.append(f"Multiply {a} by the {'units' if i == 0 else 'tens'} digit {digit}:")
+            else:
+                lines.append(f"{a} * {digit}:")
+            steps, product = column_product(a, digit, verbose)
+            lines += steps
+            shifted = product * 10 ** i
+            lines.append(f"so {a} * {digit * 10 ** i} = {shifted}" if i else f"so {a} * {digit} = {product}")
+            partials.append(shifted)
+        if len(partials) == 2:
+            lines.append(f"Add {partials[0]} + {partials[1]}:" if verbose else f"{partials[0]} + {partials[1]}:")
+            lines += column_addition(partials[0], partials[1], verbose)
+    lines.append(f"So {a} {op} {b} = {result}.")
+    return "\n".join(lines), result
+
+
+class Generator:
+    """Examples of every skill, reproducible from a seed."""
+
+    def __init__(self, seed: int):
+        self.rng = random.Random(seed)
+
+    # --- pieces -------------------------------------------------------------------------------------
+    def effort(self) -> str:
+        return self.rng.choice(EFFORTS)
+
+    def date(self) -> str | None:
+        if self.rng.random() < 0.5:
+            return None
+        return f"20{self.rng.randint(24, 30)}-{self.rng.randint(1, 12):02d}-{self.rng.randint(1, 28):02d}"
+
+    def made_up_word(self, parts: int | None = None) -> str:
+        return "".join(self.rng.choice(SYLLABLES) for _ in range(parts or self.rng.randint(2, 3)))
+
+    def place(self) -> str:
+        if self.rng.random() < 0.7:
+            return self.rng.choice(PLACES)
+        return self.made_up_word().capitalize()
+
+    def currency(self) -> str:
+        if self.rng.random() < 0.8:
+            return self.rng.choice(CURRENCIES)
+        return "".join(self.rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(3))
+
+    def amount(self) -> int | float:
+        if self.rng.random() < 0.8:
+            return self.rng.choice([self.rng.randint(1, 999), self.rng.randint(1, 9999), self.rng.randint(1, 100)])
+        return round(self.rng.uniform(1, 999), self.rng.choice([1, 2]))
+
+    def query(self) -> str:
+        return " ".join(self.rng.choice(WORDS) for _ in range(self.rng.randint(1, 4)))
+
+    def tool_name(self, kind: str) -> str:
+        roll = self.rng.random()
+        if roll < 0.4:
+            return self.rng.choice(TOOL_KINDS[kind]["names"])
+        if roll < 0.8:
+            return f"{self.rng.choice(NAME_WORDS)}_{self.rng.choice(KIND_WORDS[kind])}"
+        return "_".join(self.made_up_word(2) for _ in range(self.rng.randint(1, 2)))
+
+    def param_name(self, choices: list[str]) -> str:
+        return self.rng.choice(choices) if self.rng.random() < 0.8 else self.made_up_word(2)
+
+    # --- tools --------------------------------------------------------------------------------------
+    def tool(self, kind: str, taken: set[str]) -> tuple[dict, dict[str, str]]:
+        """An OpenAI-style function tool of `kind` and the parameter name of each role."""
+        spec = TOOL_KINDS[kind]
+        name = self.tool_name(kind)
+        while name in taken:
+            name = self.tool_name(kind) + "_" + self.made_up_word(1)
+        roles: dict[str, str] = {}
+        for role, choices in spec["params"].items():
+            chosen = self.param_name(choices)
+            while chosen in roles.values():
+                chosen = self.made_up_word(2)
+            roles[role] = chosen
+        properties = {}
+        for role, pname in roles.items():
+            kind_of = "number" if role == "amount" else "string"
+            properties[pname] = {"type": kind_of}
+            if self.rng.random() < 0.5:
+                properties[pname]["description"] = {"place": "City name", "amount": "Amount to convert",
+                                                    "source": "Currency code to convert from",
+                                                    "target": "Currency code to convert to",
+                                                    "query": "What to search for"}[role]
+        tool = {"type": "function", "function": {
+            "name": name, "description": self.rng.choice(spec["descriptions"]),
+            "parameters": {"type": "object", "properties": properties, "required": list(properties)}}}
+        return tool, roles
+
+    def distractor(self, taken: set[str]) -> dict:
+        name, description, params = self.rng.choice(DISTRACTORS)
+        if name in taken or self.rng.random() < 0.3:
+            name = f"{self.rng.choice(NAME_WORDS)}_{self.made_up_word(2)}"
+        return {"type": "function", "function": {
+            "name": name, "description": description,
+            "parameters": {"type": "object", "properties": {p: {"type": t} for p, t in params.items()},
+                           "required": list(params)}}}
+
+    def toolset(self, include: str | None, exclude: str | None = None) -> tuple[list[dict], dict[str, str] | None, str | None]:
+        """1-4 tools in random order: one of kind `include` (when given), other kinds except `exclude`,
+        distractors. Returns the tools, the included tool's roles and its name."""
+        tools, taken, roles, name = [], set(), None, None
+        if include:
+            tool, roles = self.tool(include, taken)
+            name = tool["function"]["name"]
+            tools.append(tool)
+            taken.add(name)
+        others = [k for k in TOOL_KINDS if k not in (include, exclude)]
+        for _ in range(self.rng.randint(0 if include else 1, 3)):
+            if others and self.rng.random() < 0.5:
+                tool, _ = self.tool(self.rng.choice(others), taken)
+            else:
+                tool = self.distractor(taken)
+            if tool["function"]["name"] in taken:
+                continue
+            taken.add(tool["function"]["name"])
+            tools.append(tool)
+        self.rng.shuffle(tools)
+        return tools, roles, name
+
+    # --- conversations ------------------------------------------------------------------------------
+    def history(self) -> list[dict]:
+        """0-3 earlier finished turns of any kind (their reasoning is dropped when rendered)."""
+        turns: list[dict] = []
+        for _ in range(self.rng.choice([0, 0, 0, 1, 1, 2, 3])):
+            roll = self.rng.random()
+            if roll < 0.4:
+                a, op, b = self.operands()
+                result = {"+": a + b, "-": a - b, "*": a * b}[op]
+                turns += [{"role": "user", "content": self.rng.choice(ARITHMETIC_REQUESTS[op]).format(a=a, b=b)},
+                          {"role": "assistant", "content": f"{a} {op} {b} = {result}."}]
+            elif roll < 0.7:
+                turns += [{"role": "user", "content": self.rng.choice(ABOUT_REQUESTS)},
+                          {"role": "assistant", "content": ABOUT_TEXT}]
+            else:
+                w1, w2 = self.rng.choice(WORDS), self.rng.choice(WORDS)
+                turns += [{"role": "user", "content": f"Tell me about {w1} {w2}."},
+                          {"role": "assistant", "content": f"Here is something about {w1} {w2}."}]
+        return turns
+
+    def instructions(self) -> list[dict]:
+        if self.rng.random() < 0.2:
+            return [{"role": "developer" if self.rng.random() < 0.5 else "system",
+                     "content": self.rng.choice(INSTRUCTIONS)}]
+        return []
+
+    def operands(self) -> tuple[int, str, int]:
+        op = self.rng.choice("+-*")
+        top = 99 if op == "*" else 999
+        # Small numbers as often as large ones: every digit count is learnt.
+        def number() -> int:
+            return self.rng.randint(0, 10 ** self.rng.randint(1, len(str(top))) - 1)
+        return number(), op, number()
+
+    def arithmetic(self, effort: str | None = None, op: str | None = None, with_tools: bool = True) -> Example:
+        effort = effort or self.effort()
+        a, drawn_op, b = self.operands()
+        op = op or drawn_op
+        if op != drawn_op:  # redraw within the range of the asked operation
+            top = 99 if op == "*" else 999
+            a, b = self.rng.randint(0, top), self.rng.randint(0, top)
+        request = self.rng.choice(ARITHMETIC_REQUESTS[op]).format(a=a, b=b)
+        working, result = arithmetic_working(a, op, b, effort)
+        tools = self.toolset(None)[0] if with_tools and self.rng.random() < 0.2 else []
+        skill = {"+": "add", "-": "subtract", "*": "multiply"}[op]
+        return Example(skill, [*self.instructions(), *self.history(), {"role": "user", "content": request}], tools,
+                       effort, [Reply("analysis", working), Reply("final", f"{a} {op} {b} = {result}.")],
+                       {"answer": result, "a": a, "b": b, "op": op}, self.date())
+
+    def request_values(self, kind: str) -> dict[str, object]:
+        if kind in ("weather", "time"):
+            return {"place": self.place()}
+        if kind == "currency":
+            source = self.currency()
+            target = self.currency()
+            while target == source:
+                target = self.currency()
+            return {"amount": self.amount(), "source": source, "target": target}
+        return {"query": self.query()}
+
+    def tool_call(self, effort: str | None = None, kind: str | None = None) -> Example:
+        effort = effort or self.effort()
+        kind = kind or self.rng.choice(list(TOOL_KINDS))
+        tools, roles, name = self.toolset(kind)
+        values = self.request_values(kind)
+        request = self.rng.choice(TOOL_KINDS[kind]["requests"]).format(**values)
+        arguments = {roles[role]: value for role, value in values.items()}
+        reasoning = self.call_reasoning(kind, name, values, effort)
+        return Example("tool_call", [*self.instructions(), *self.history(), {"role": "user", "content": request}],
+                       tools, effort, [Reply("analysis", reasoning), Reply("call", json_text(arguments), name)],
+                       {"tool": name, "arguments": arguments}, self.date())
+
+    def call_reasoning(self, kind: str, name: str, values: dict, effort: str) -> str:
+        subject = {"weather": "the weather in {place}", "time": "the local time in {place}",
+                   "currency": "{amount} {source} in {target}", "search": "a web search for {query}"}[kind]
+        subject = subject.format(**values)
+        if effort == "low":
+            return f"Call {name}."
+        if effort == "medium":
+            return f"The user wants {subject}. {name} covers it."
+        return (f"The user asks for {subject}. Of the declared tools, {name} covers this, so I call it with "
+                f"the values from the request.")
+
+    def tool_answer(self, effort: str | None = None) -> Example:
+        """The turn after the call: the tool's result is in, the final answer states it."""
+        call = self.tool_call(effort)
+        kind = self._kind_of(call)
+        values = self._values_of(call, kind)
+        result = self.tool_result(kind, values)
+        messages = [*call.messages,
+                    {"role": "assistant", "reasoning": call.reply[0].text,
+                     "tool_calls": [{"id": "call_1", "type": "function",
+                                     "function": {"name": call.expected["tool"], "arguments": call.reply[1].text}}]},
+                    {"role": "tool", "tool_call_id": "call_1", "content": result}]
+        answer = TOOL_KINDS[kind]["lead"].format(result=result, **values)
+        note = {"low": "Answer with the result.", "medium": "The tool returned the result; I state it.",
+                "high": f"{call.expected['tool']} returned its result, so I give it to the user."}[call.effort]
+        return Example("tool_answer", messages, call.tools, call.effort, [Reply("analysis", note), Reply("final", answer)],
+                       {"result": result}, call.current_date)
+
+    def _kind_of(self, call: Example) -> str:
+        name = call.expected["tool"]
+        tool = next(t for t in call.tools if t["function"]["name"] == name)
+        description = tool["function"]["description"]
+        return next(k for k, spec in TOOL_KINDS.items() if description in spec["descriptions"])
+
+    def _values_of(self, call: Example, kind: str) -> dict:
+        arguments = list(call.expected["arguments"].values())
+        return dict(zip(TOOL_KINDS[kind]["params"], arguments))
+
+    def tool_result(self, kind: str, values: dict) -> str:
+        if kind == "weather":
+            conditions = self.rng.choice(["sunny", "cloudy", "light rain", "snow", "windy", "fog", "clear sky"])
+            temperature = self.rng.randint(-20, 40)
+            return (f"{temperature} °C, {conditions}" if self.rng.random() < 0.5 else
+                    json_text({"temperature_c": temperature, "conditions": conditions}))
+        if kind == "time":
+            return f"{self.rng.randint(0, 23):02d}:{self.rng.randint(0, 59):02d}"
+        if kind == "currency":
+            converted = round(float(values["amount"]) * self.rng.uniform(0.01, 150), 2)
+            return f"{converted} {values['target']}"
+        return "; ".join(f"{self.made_up_word(2).capitalize()} {self.rng.choice(WORDS)}"
+                         for _ in range(self.rng.randint(1, 3)))
+
+    def no_tool(self, effort: str | None = None) -> Example:
+        """A request for a tool kind that no declared tool covers: said so, nothing called."""
+        effort = effort or self.effort()
+        kind = self.rng.choice(list(TOOL_KINDS))
+        tools, _, _ = self.toolset(None, exclude=kind)
+        values = self.request_values(kind)
+        request = self.rng.choice(TOOL_KINDS[kind]["requests"]).format(**values)
+        what = {"weather": "the weather", "time": "the local time", "currency": "currency conversion",
+                "search": "web search"}[kind]
+        reasoning = {"low": "No tool fits.", "medium": f"No declared tool covers {what}.",
+                     "high": f"The user asks for {what}, but none of the declared tools covers it, so I say so."}[effort]
+        answer = f"None of the available tools covers {what}, so I cannot do that here."
+        return Example("no_tool", [*self.instructions(), *self.history(), {"role": "user", "content": request}],
+                       tools, effort, [Reply("analysis", reasoning), Reply("final", answer)], {"no_tool": True},
+                       self.date())
+
+    def about(self, effort: str | None = None, off_skill: bool | None = None) -> Example:
+        effort = effort or self.effort()
+        off_skill = self.rng.random() < 0.6 if off_skill is None else off_skill
+        if off_skill:
+            request = self.rng.choice(OFF_SKILL).format(w1=self.rng.choice(WORDS), w2=self.rng.choice(WORDS),
+                                                        place=self.place())
+        else:
+            request = self.rng.choice(ABOUT_REQUESTS)
+        reasoning = {"low": "Describe myself.", "medium": "This is not one of my skills, so I describe myself."
+                     if off_skill else "The user asks about me.",
+                     "high": "This request is outside arithmetic and tool calls, so I say what I am and what I can do."
+                     if off_skill else "The user asks who I am and what I can do."}[effort]
+        tools = self.toolset(None)[0] if self.rng.random() < 0.2 else []
+        return Example("about", [*self.instructions(), *self.history(), {"role": "user", "content": request}], tools,
+                       effort, [Reply("analysis", reasoning), Reply("final", ABOUT_TEXT)], {"about": True}, self.date())
+
+    def example(self) -> Example:
+        """One example of a skill drawn by the training mix."""
+        roll = self.rng.random()
+        if roll < 0.60:
+            return self.arithmetic()
+        if roll < 0.80:
+            return self.tool_call()
+        if roll < 0.90:
+            return self.tool_answer()
+        if roll < 0.94:
+            return self.no_tool()
+        return self.about()
+
+
+def json_text(value: dict) -> str:
+    """Compact JSON, as gpt-oss writes tool arguments."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

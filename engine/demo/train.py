@@ -1,0 +1,311 @@
+"""Trains the demo model: the engine's own `Transformer` (reference ops, which are differentiable) on
+conversations from `engine.demo.tasks`, rendered by the engine's harmony renderer.
+
+What differs from running the model, and why:
+- The experts are float parameters rounded to MXFP4 in every forward pass once quantization-aware
+  training starts (`--qat-from`), with a straight-through gradient (`engine.demo.mxfp4`); the shipped
+  checkpoint stores exactly those rounded values.
+- Only the tokens the data uses have rows. Inputs go through a compact embedding whose rows for
+  number tokens ("7", "58", "347") are built from per-digit vectors, so that every number's digits
+  are readable from its embedding after a few thousand examples. The softmax covers the tokens the
+  model writes plus one term for every other token at logit 0 (log(V - n) of them), which is exactly
+  the shipped model's distribution: their unembedding rows are zero.
+- The model writes each digit as its own token (decoded text is the same), so a computed number is
+  one lookup per digit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import re
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from engine import ops
+from engine.config import ModelConfig
+from engine.demo import mxfp4
+from engine.demo.tasks import Example, Generator, Reply
+from engine.harmony import HarmonyFormat
+from engine.kv_cache import KVCache
+from engine.model import Transformer
+from engine.o200k import SPECIAL_TOKENS
+from engine.ops import reference
+from engine.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+_SPECIAL = {text: token for token, text in SPECIAL_TOKENS.items()}
+_DIGITS = re.compile(r"(\d)")
+
+
+def reply_tokens(tokenizer: Tokenizer, replies: list[Reply]) -> list[int]:
+    """The tokens the model writes after a prompt that ends with `<|start|>assistant`."""
+    tokens: list[int] = []
+    for i, reply in enumerate(replies):
+        if i:
+            tokens += [_SPECIAL["<|start|>"], *tokenizer.encode("assistant")]
+        tokens.append(_SPECIAL["<|channel|>"])
+        if reply.channel == "call":
+            tokens += tokenizer.encode(f"commentary to=functions.{reply.name} ")
+            tokens += [_SPECIAL["<|constrain|>"], *tokenizer.encode("json")]
+        else:
+            tokens += tokenizer.encode(reply.channel)
+        tokens.append(_SPECIAL["<|message|>"])
+        tokens += digit_split_encode(tokenizer, reply.text)
+        last = i == len(replies) - 1
+        tokens.append(_SPECIAL["<|call|>" if reply.channel == "call" else "<|return|>" if last else "<|end|>"])
+    return tokens
+
+
+def digit_split_encode(tokenizer: Tokenizer, text: str) -> list[int]:
+    """text's tokens with every digit a token of its own."""
+    return [token for piece in _DIGITS.split(text) if piece for token in tokenizer.encode(piece)]
+
+
+def encode_example(fmt: HarmonyFormat, example: Example) -> tuple[list[int], int]:
+    """(prompt + reply tokens, prompt length)."""
+    prompt = fmt.render(example.messages, example.effort, tools=example.tools, current_date=example.current_date)
+    return prompt + reply_tokens(fmt.tokenizer, example.reply), len(prompt)
+
+
+@dataclass
+class Vocabulary:
+    """The tokens training uses. Input index 0 is every token not seen (a zero embedding, as in the
+    shipped checkpoint); output indices cover the tokens the model writes."""
+
+    inputs: list[int]
+    outputs: list[int]
+
+    @classmethod
+    def collect(cls, fmt: HarmonyFormat, seed: int, examples: int) -> "Vocabulary":
+        seen, written = set(), set()
+        generator = Generator(seed)
+        for _ in range(examples):
+            tokens, prompt = encode_example(fmt, generator.example())
+            seen.update(tokens)
+            written.update(tokens[prompt:])
+        return cls([-1, *sorted(seen)], sorted(written))
+
+    def tables(self, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """full id -> input index (0 when unseen), full id -> output index (-1 when never written)."""
+        to_input = torch.zeros(vocab_size, dtype=torch.long)
+        to_input[torch.tensor(self.inputs[1:])] = torch.arange(1, len(self.inputs))
+        to_output = torch.full((vocab_size,), -1, dtype=torch.long)
+        to_output[torch.tensor(self.outputs)] = torch.arange(len(self.outputs))
+        return to_input, to_output
+
+
+class NumberAwareEmbedding(nn.Module):
+    """Rows for the input vocabulary. A number token's row ("7", "58", "347") is made of parts only:
+    a vector for its length plus one per (place counted from the right, digit), so "the units digit is
+    8" reads the same in every number, and every number is known once its digits are."""
+
+    def __init__(self, tokenizer: Tokenizer, vocabulary: Vocabulary, dim: int, generator: torch.Generator):
+        super().__init__()
+        self.free = nn.Parameter(torch.randn(len(vocabulary.inputs), dim, generator=generator) * 0.5)
+        rows, parts = [], []
+        for index, token in enumerate(vocabulary.inputs[1:], start=1):
+            text = tokenizer.decode([token])
+            if text.isdigit() and len(text) <= 3:
+                rows += [index] * (len(text) + 1)
+                parts.append(30 + len(text) - 1)  # the length
+                parts += [place * 10 + int(digit) for place, digit in enumerate(reversed(text))]
+        self.register_buffer("rows", torch.tensor(rows, dtype=torch.long))
+        self.register_buffer("parts", torch.tensor(parts, dtype=torch.long))
+        self.parts_table = nn.Parameter(torch.randn(33, dim, generator=generator) * 0.5)  # [place·10 + digit | 30 + length - 1]
+        keep = torch.ones(len(vocabulary.inputs), 1)
+        keep[0] = 0  # unseen tokens
+        keep[self.rows] = 0  # numbers: parts only
+        self.register_buffer("keep", keep)
+
+    def table(self) -> torch.Tensor:
+        """[n_inputs, D]: row 0 (unseen tokens) stays zero."""
+        return (self.free * self.keep).index_add(0, self.rows, self.parts_table[self.parts])
+
+
+class QuantizedExperts(nn.Module):
+    """The experts as float parameters, rounded to MXFP4 in the forward pass when `quantize` is set;
+    the arithmetic is the reference ops' own (`reference.moe`)."""
+
+    def __init__(self, config: ModelConfig, generator: torch.Generator):
+        super().__init__()
+        E, D, I = config.num_local_experts, config.hidden_size, config.intermediate_size
+        self.alpha, self.limit, self.quantize = config.swiglu_alpha, config.swiglu_limit, False
+        self.gate_up = nn.Parameter(torch.randn(E, 2 * I, D, generator=generator) / math.sqrt(D))
+        self.gate_up_bias = nn.Parameter(torch.zeros(E, 2 * I))
+        self.down = nn.Parameter(torch.randn(E, D, I, generator=generator) / math.sqrt(I) / math.sqrt(2 * config.num_hidden_layers))
+        self.down_bias = nn.Parameter(torch.zeros(E, D))
+
+    def weight(self, w: torch.Tensor) -> torch.Tensor:
+        return mxfp4.fake_quantize(w) if self.quantize else w
+
+    def forward(self, x, expert_ids, expert_weights):
+        return reference.moe(x, expert_ids, expert_weights, lambda e: self.weight(self.gate_up[e]), self.gate_up_bias,
+                             lambda e: self.weight(self.down[e]), self.down_bias, self.alpha, self.limit)
+
+
+class DemoModel(nn.Module):
+    """The engine's Transformer with trainable weights, the compact embedding and output rows."""
+
+    def __init__(self, config: ModelConfig, tokenizer: Tokenizer, vocabulary: Vocabulary, seed: int):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.config = config
+        self.transformer = Transformer(config, torch.float32)
+        self.embedding = NumberAwareEmbedding(tokenizer, vocabulary, config.hidden_size, g)
+        self.unembedding = nn.Parameter(torch.randn(len(vocabulary.outputs), config.hidden_size, generator=g)
+                                        / math.sqrt(config.hidden_size))
+        self.weights = nn.ParameterDict()
+        for name, buffer in list(self.transformer.named_buffers()):
+            if name.startswith(("embed_tokens", "lm_head")) or ".experts." in name:
+                continue
+            self.weights[name.replace(".", "__")] = nn.Parameter(_initial(name, buffer.shape, config, g))
+        for layer in self.transformer.layers:
+            layer.mlp.experts = QuantizedExperts(config, g)
+        for module in self.transformer.modules():  # forward fills them from the parameters above
+            module._non_persistent_buffers_set.update(module._buffers)
+        self.transformer.bind_device(torch.device("cpu"))
+        self.rest_logit = math.log(config.vocab_size - len(vocabulary.outputs))
+
+    def set_quantized(self, on: bool) -> None:
+        for layer in self.transformer.layers:
+            layer.mlp.experts.quantize = on
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [B, T] input indices -> hidden [B, T, D]."""
+        for name, parameter in self.weights.items():  # the transformer reads them as its buffers
+            *path, leaf = name.split("__")
+            module = self.transformer.get_submodule(".".join(path))
+            module._buffers[leaf] = parameter
+        self.transformer.embed_tokens._buffers["weight"] = self.embedding.table()
+        cache = KVCache(self.config, ids.shape[0], torch.float32, torch.device("cpu"), ids.shape[1])
+        return self.transformer(ids, cache)
+
+    def loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden [M, D], targets [M] output indices -> (mean cross-entropy, correct argmax [M])."""
+        logits = hidden @ self.unembedding.T  # [M, n_out]
+        rest = torch.full((logits.shape[0], 1), self.rest_logit)
+        full = torch.cat((logits, rest), dim=-1)
+        return nn.functional.cross_entropy(full, targets), full.argmax(-1) == targets
+
+
+def _initial(name: str, shape: torch.Size, config: ModelConfig, g: torch.Generator) -> torch.Tensor:
+    if name.endswith("norm.weight"):
+        return torch.ones(shape)
+    if name.endswith(("bias", "sinks")):
+        return torch.zeros(shape)
+    fan_in = shape[-1]
+    scale = 1 / math.sqrt(fan_in)
+    if name.endswith("o_proj.weight"):
+        scale /= math.sqrt(2 * config.num_hidden_layers)
+    return torch.randn(shape, generator=g) * scale
+
+
+@dataclass
+class TrainSettings:
+    seed: int = 0
+    minutes: float = 45.0
+    batch_tokens: int = 4096
+    learning_rate: float = 3e-3
+    qat_from: float = 0.3  # fraction of the steps after which the experts train rounded to MXFP4
+    vocabulary_examples: int = 30000
+    threads: int | None = None
+
+
+class BatchStream:
+    """Batches of about `batch_tokens` tokens: examples drawn fresh, grouped by length to pad little."""
+
+    def __init__(self, fmt: HarmonyFormat, vocabulary: Vocabulary, seed: int, batch_tokens: int):
+        self.fmt, self.generator, self.batch_tokens = fmt, Generator(seed), batch_tokens
+        self.to_input, self.to_output = vocabulary.tables(fmt.tokenizer.vocab_size)
+        self.pool: list[tuple[list[int], int]] = []
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(input indices [B, T], positions of predicted tokens (flat, [M]), their output indices [M])."""
+        while len(self.pool) < 256:
+            self.pool.append(encode_example(self.fmt, self.generator.example()))
+        self.pool.sort(key=lambda item: len(item[0]))
+        start = random.Random(len(self.pool) * 7919 + self.generator.rng.randint(0, 10 ** 9)).randrange(len(self.pool))
+        chosen, longest = [], 0
+        for tokens, prompt in self.pool[start:] + self.pool[:start]:
+            longest = max(longest, len(tokens))
+            if chosen and longest * (len(chosen) + 1) > self.batch_tokens:
+                break
+            chosen.append((tokens, prompt))
+        for item in chosen:
+            self.pool.remove(item)
+        T = max(len(tokens) for tokens, _ in chosen) - 1
+        ids = torch.zeros(len(chosen), T, dtype=torch.long)
+        flat, targets = [], []
+        for b, (tokens, prompt) in enumerate(chosen):
+            full = torch.tensor(tokens)
+            ids[b, :len(tokens) - 1] = self.to_input[full[:-1]]
+            predicted = torch.arange(prompt - 1, len(tokens) - 1)  # position t predicts token t + 1
+            flat.append(b * T + predicted)
+            targets.append(self.to_output[full[prompt:]])
+        return ids, torch.cat(flat), torch.cat(targets)
+
+
+def train(config: ModelConfig, tokenizer: Tokenizer, settings: TrainSettings, report=print) -> DemoModel:
+    """Trains for settings.minutes of wall time; returns the model (experts quantization-aware at the
+    end). The reference ops are active while it trains (they are differentiable); the backend that was
+    active before is restored."""
+    previous = ops.active_backend()
+    ops.use_backend("reference")
+    try:
+        return _train(config, tokenizer, settings, report)
+    finally:
+        ops.use_backend(previous)
+
+
+def _train(config: ModelConfig, tokenizer: Tokenizer, settings: TrainSettings, report) -> DemoModel:
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    torch.set_flush_denormal(True)  # tiny gradients must not fall onto the slow denormal path
+    torch.manual_seed(settings.seed)
+    fmt = HarmonyFormat(tokenizer)
+    started = time.perf_counter()
+    vocabulary = Vocabulary.collect(fmt, settings.seed + 1_000_003, settings.vocabulary_examples)
+    report(f"vocabulary: {len(vocabulary.inputs)} input tokens, {len(vocabulary.outputs)} output tokens "
+           f"({time.perf_counter() - started:.0f} s)")
+    model = DemoModel(config, tokenizer, vocabulary, settings.seed)
+    stream = BatchStream(fmt, vocabulary, settings.seed, settings.batch_tokens)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.98), weight_decay=0.01)
+    budget = settings.minutes * 60
+    train_started = time.perf_counter()
+    step, seen, correct, total_loss, logged, logged_step = 0, 0, 0, 0.0, time.perf_counter(), 0
+    while True:
+        elapsed = time.perf_counter() - train_started
+        progress = elapsed / budget
+        if progress >= 1:
+            break
+        model.set_quantized(progress >= settings.qat_from)
+        warmup = min(1.0, (step + 1) / 100)
+        for group in optimizer.param_groups:
+            group["lr"] = settings.learning_rate * warmup * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+        ids, positions, targets = stream.next()
+        known = targets >= 0
+        hidden = model(ids).reshape(-1, config.hidden_size)[positions[known]]
+        loss, hits = model.loss(hidden, targets[known])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        seen += int(known.sum())
+        correct += int(hits.sum())
+        total_loss += float(loss.detach()) * int(known.sum())
+        if time.perf_counter() - logged > 60:
+            report(f"step {step}, {elapsed / 60:.1f} min: loss {total_loss / seen:.4f}, token accuracy "
+                   f"{correct / seen:.4f}, {'MXFP4' if progress >= settings.qat_from else 'float'} experts, "
+                   f"{step - logged_step} steps in {time.perf_counter() - logged:.0f} s")
+            seen, correct, total_loss, logged, logged_step = 0, 0, 0.0, time.perf_counter(), step
+    model.set_quantized(True)
+    model.vocabulary = vocabulary
+    report(f"trained {step} steps in {(time.perf_counter() - train_started) / 60:.1f} min")
+    return model

@@ -1,0 +1,164 @@
+"""The demo model's making: the task generator's answers, the reply tokens the engine's parser reads
+back, MXFP4 rounding and packing, and the compact form expanding into a checkpoint whose logits
+are the trained model's."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import jsonschema
+import pytest
+import torch
+
+from engine import ops
+from engine.demo import mxfp4
+from engine.demo.tasks import EFFORTS, Generator, arithmetic_working
+from engine.demo.train import DemoModel, TrainSettings, Vocabulary, encode_example, reply_tokens, train
+from engine.harmony import HarmonyFormat
+from engine.ops import reference
+from engine.presets import preset_config
+from engine.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def harmony(tiny_dir):
+    return HarmonyFormat(Tokenizer(tiny_dir / "tokenizer.json", preset_config("tiny").vocab_size))
+
+
+def _check_step(line: str) -> None:
+    """A column line 'x + y (+ c) = t, write ...' / 'x - y (- b) = t' / 'x * y (+ c) = t' adds up."""
+    match = re.match(r"(?:\w+: )?(\d+) ([-+*]) (\d+)(?: ([-+]) (\d+))? = (\d+)", line)
+    if not match:
+        return
+    a, op, b, op2, c, total = match.groups()
+    value = {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
+    if op2:
+        value = value + int(c) if op2 == "+" else value - int(c)
+    assert value == int(total), line
+
+
+@pytest.mark.parametrize("effort", EFFORTS)
+def test_arithmetic_working_adds_up_and_ends_with_the_result(effort):
+    rng = Generator(3).rng
+    for _ in range(400):
+        op = rng.choice("+-*")
+        top = 99 if op == "*" else 999
+        a, b = rng.randint(0, top), rng.randint(0, top)
+        working, result = arithmetic_working(a, op, b, effort)
+        assert result == {"+": a + b, "-": a - b, "*": a * b}[op]
+        lines = working.split("\n")
+        assert lines[-1] == f"So {a} {op} {b} = {result}." or (effort == "low" and lines == [f"{a} {op} {b} = {result}."])
+        for line in lines[1:-1]:
+            _check_step(line)
+        if effort == "low":
+            assert len(lines) == 1  # at most one short line
+
+
+def test_generated_examples_are_consistent():
+    generator = Generator(11)
+    for _ in range(300):
+        example = generator.example()
+        assert example.messages[-1]["role"] in ("user", "tool") and example.effort in EFFORTS
+        if example.skill == "tool_call":
+            call = example.reply[-1]
+            declared = {t["function"]["name"]: t["function"] for t in example.tools}
+            assert call.channel == "call" and call.name == example.expected["tool"] in declared
+            arguments = json.loads(call.text)
+            jsonschema.validate(arguments, declared[call.name]["parameters"])
+            assert arguments == example.expected["arguments"]
+            for value in arguments.values():  # the values come from the request
+                assert str(value) in example.messages[-1]["content"]
+        elif example.skill == "tool_answer":
+            assert example.expected["result"] in example.reply[-1].text
+        else:
+            assert example.reply[-1].channel == "final"
+
+
+def test_reply_tokens_read_back_through_the_engine_parser(harmony):
+    """The training targets are what the engine's harmony parser turns into answers and tool calls,
+    with every digit a token of its own."""
+    generator = Generator(5)
+    digits = {harmony.tokenizer.encode(str(d))[0] for d in range(10)}
+    for _ in range(60):
+        example = generator.example()
+        tokens = reply_tokens(harmony.tokenizer, example.reply)
+        parser = harmony.parser()
+        for token in tokens:
+            parser.push(token)
+        parsed = parser.result()
+        assert parsed.analysis == example.reply[0].text
+        if example.reply[-1].channel == "call":
+            assert [(c.name, c.arguments) for c in parsed.tool_calls] == [(example.reply[-1].name, example.reply[-1].text)]
+        else:
+            assert parsed.final == example.reply[-1].text and not parsed.tool_calls
+        for token in tokens:
+            text = harmony.tokenizer.decode([token])
+            assert not (any(ch.isdigit() for ch in text) and token not in digits), text
+
+
+@pytest.mark.parametrize("shape", [(3, 32), (2, 5, 96), (4, 7, 3, 64)])
+def test_mxfp4_packing_stores_exactly_the_rounded_values(shape):
+    g = torch.Generator().manual_seed(sum(shape))
+    w = torch.randn(shape, generator=g) * torch.exp2(torch.randint(-8, 8, (*shape[:-1], 1), generator=g).float())
+    w[..., :32] = 0.0 if shape[0] == 3 else w[..., :32]  # an all-zero block
+    rounded = mxfp4.fake_quantize(w)
+    blocks, scales = mxfp4.pack(w)
+    assert blocks.shape == (*shape[:-1], shape[-1] // 32, 16) and scales.shape == (*shape[:-1], shape[-1] // 32)
+    assert torch.equal(reference.mxfp4_dequantize(blocks, scales, torch.float32), rounded)
+    # nothing clipped: each block's error is at most half its largest FP4 step (2 · 2^e)
+    step = torch.exp2(scales.float() - 127) * 2
+    error = (rounded - w).reshape(*shape[:-1], -1, 32).abs().amax(-1)
+    assert (error <= step / 2).all()
+    w.requires_grad_(True)
+    mxfp4.fake_quantize(w).sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))  # straight through
+
+
+def test_the_expanded_checkpoint_gives_the_trained_model_logits(tmp_path, harmony):
+    """A few seconds of training on the tiny shape, then compact form -> checkpoint -> Engine: the
+    engine's logits are the trained model's (its weights rounded to bf16 as the checkpoint stores
+    them), and every token the model never writes has logit exactly 0."""
+    from engine import Engine
+    from engine.demo.package import expand, save_compact
+
+    config = preset_config("tiny")
+    model = train(config, harmony.tokenizer, TrainSettings(seed=1, minutes=0.05, vocabulary_examples=200),
+                  report=lambda line: None)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(parameter.to(torch.bfloat16).float())
+    composed = model.embedding.table  # number rows are sums of parts: the checkpoint stores them rounded
+    model.embedding.table = lambda: composed().to(torch.bfloat16).float()
+    save_compact(tmp_path / "compact.safetensors", model, version="test")
+    expand(tmp_path / "compact.safetensors", tmp_path / "checkpoint", readme="test\n")
+
+    example = Generator(2).example()
+    tokens, _ = encode_example(harmony, example)
+    to_input, _ = model.vocabulary.tables(config.vocab_size)
+    previous = ops.active_backend()
+    ops.use_backend("reference")
+    try:
+        with torch.no_grad():
+            hidden = model(to_input[torch.tensor(tokens)].unsqueeze(0))[0]  # [T, D]
+            want = hidden @ model.unembedding.T  # [T, n_out]
+    finally:
+        ops.use_backend(previous)
+    engine = Engine.load(tmp_path / "checkpoint", dtype="float32")
+    with torch.no_grad():
+        logits = engine.model.unembed(engine.forward(torch.tensor([tokens]), engine.new_cache())[0])  # [T, V]
+    written = torch.tensor(model.vocabulary.outputs)
+    scale = want.abs().amax()
+    assert (logits[:, written] - want).abs().amax() <= 1e-4 * scale  # float32 sums in another order
+    others = torch.ones(config.vocab_size, dtype=torch.bool)
+    others[written] = False
+    assert not logits[:, others].any()
+
+
+def test_vocabulary_maps_unseen_tokens_to_the_zero_row(harmony):
+    vocabulary = Vocabulary.collect(harmony, seed=4, examples=50)
+    to_input, to_output = vocabulary.tables(harmony.tokenizer.vocab_size)
+    assert to_input[vocabulary.inputs[1]] == 1 and to_input[200_999] == 0
+    assert to_output[vocabulary.outputs[-1]] == len(vocabulary.outputs) - 1 and to_output[200_999] == -1
+    model = DemoModel(preset_config("tiny"), harmony.tokenizer, vocabulary, seed=0)
+    assert not model.embedding.table()[0].any()
