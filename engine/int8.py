@@ -16,7 +16,8 @@ GGML_Q8_0_BYTES = 2 + Q8_BLOCK
 
 def quantize_q8_0(weight: torch.Tensor, rows_per_chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     """weight [out, in] (in a multiple of 32) -> (int8 [out, in], float16 scales [out, in/32]).
-    The PyTorch twin of the op `ops.quantize_q8_0` (the C++ kernel gives the same bits). Works through `rows_per_chunk` rows at a time so that no float32 copy of a large matrix is made.
+    The PyTorch twin of the op `ops.quantize_q8_0` (the C++ kernel gives the same bits). Works through
+    `rows_per_chunk` rows at a time so that no float32 copy of a large matrix is made.
 
     Raises:
         ValueError: not a matrix, or rows that do not split into blocks of 32.

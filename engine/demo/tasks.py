@@ -156,8 +156,6 @@ OFF_SKILL = ["Write a poem about {w1}.", "Tell me a joke about {w1}.", "Why is t
 INSTRUCTIONS = ["You are a helpful assistant.", "Answer briefly.", "Be concise and accurate.",
                 "You are an assistant inside a chat app.", "Use the tools when they help."]
 
-OPERATION_WORDS = {"+": "plus", "-": "minus", "*": "times"}
-
 
 def digits_of(n: int) -> list[int]:
     """Decimal digits, least significant first (0 -> [0])."""
@@ -432,7 +430,7 @@ class Generator:
         reasoning = self.call_reasoning(kind, name, values, effort)
         return Example("tool_call", [*self.instructions(), *self.history(), {"role": "user", "content": request}],
                        tools, effort, [Reply("analysis", reasoning), Reply("call", json_text(arguments), name)],
-                       {"tool": name, "arguments": arguments}, self.date())
+                       {"tool": name, "arguments": arguments, "kind": kind, "values": values}, self.date())
 
     def call_reasoning(self, kind: str, name: str, values: dict, effort: str) -> str:
         subject = {"weather": "the weather in {place}", "time": "the local time in {place}",
@@ -448,8 +446,7 @@ class Generator:
     def tool_answer(self, effort: str | None = None) -> Example:
         """The turn after the call: the tool's result is in, the final answer states it."""
         call = self.tool_call(effort)
-        kind = self._kind_of(call)
-        values = self._values_of(call, kind)
+        kind, values = call.expected["kind"], call.expected["values"]
         result = self.tool_result(kind, values)
         messages = [*call.messages,
                     {"role": "assistant", "reasoning": call.reply[0].text,
@@ -461,16 +458,6 @@ class Generator:
                 "high": f"{call.expected['tool']} returned its result, so I give it to the user."}[call.effort]
         return Example("tool_answer", messages, call.tools, call.effort, [Reply("analysis", note), Reply("final", answer)],
                        {"result": result}, call.current_date)
-
-    def _kind_of(self, call: Example) -> str:
-        name = call.expected["tool"]
-        tool = next(t for t in call.tools if t["function"]["name"] == name)
-        description = tool["function"]["description"]
-        return next(k for k, spec in TOOL_KINDS.items() if description in spec["descriptions"])
-
-    def _values_of(self, call: Example, kind: str) -> dict:
-        arguments = list(call.expected["arguments"].values())
-        return dict(zip(TOOL_KINDS[kind]["params"], arguments))
 
     def tool_result(self, kind: str, values: dict) -> str:
         if kind == "weather":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import re
 import time
 from dataclasses import dataclass
@@ -155,7 +154,7 @@ class DemoModel(nn.Module):
     def __init__(self, config: ModelConfig, tokenizer: Tokenizer, vocabulary: Vocabulary, seed: int):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.config = config
+        self.config, self.vocabulary = config, vocabulary
         self.transformer = Transformer(config, torch.float32)
         self.embedding = NumberAwareEmbedding(tokenizer, vocabulary, config.hidden_size, g)
         self.unembedding = nn.Parameter(torch.randn(len(vocabulary.outputs), config.hidden_size, generator=g)
@@ -230,7 +229,7 @@ class BatchStream:
         while len(self.pool) < 256:
             self.pool.append(encode_example(self.fmt, self.generator.example()))
         self.pool.sort(key=lambda item: len(item[0]))
-        start = random.Random(len(self.pool) * 7919 + self.generator.rng.randint(0, 10 ** 9)).randrange(len(self.pool))
+        start = self.generator.rng.randrange(len(self.pool))  # a random length band
         chosen, longest = [], 0
         for tokens, prompt in self.pool[start:] + self.pool[:start]:
             longest = max(longest, len(tokens))
@@ -306,6 +305,5 @@ def _train(config: ModelConfig, tokenizer: Tokenizer, settings: TrainSettings, r
                    f"{step - logged_step} steps in {time.perf_counter() - logged:.0f} s")
             seen, correct, total_loss, logged, logged_step = 0, 0, 0.0, time.perf_counter(), step
     model.set_quantized(True)
-    model.vocabulary = vocabulary
     report(f"trained {step} steps in {(time.perf_counter() - train_started) / 60:.1f} min")
     return model
