@@ -4,7 +4,7 @@ llama.cpp's own `gguf` package parses the files; this module maps their metadata
 their tensors onto `engine.weights.canonical_specs`, with one name table (llama.cpp's names come from
 gguf's `TENSOR_NAMES`):
 
-- MXFP4 experts are repacked, losslessly. ggml's `block_mxfp4` is an E8M0 scale byte, then 16 bytes
+- MXFP4 experts are repacked, losslessly, once per file into the cache (`engine.gguf_experts`). ggml's `block_mxfp4` is an E8M0 scale byte, then 16 bytes
   whose byte j holds element j (low nibble) and element j+16 (high nibble); the engine's blocks hold
   elements 2k and 2k+1 in byte k, with the scales apart. ggml's doubled value table times its halved
   scale 2^(e−128) is FP4 × 2^(e−127), so the nibbles and scale bytes carry over unchanged. llama.cpp
@@ -33,6 +33,7 @@ from gguf import MODEL_TENSOR, GGMLQuantizationType, GGUFValueType, Keys
 from engine import o200k
 from engine.checkpoint import CheckpointError, map_file, mapped_tensor
 from engine.config import FULL, SLIDING, ConfigError, ModelConfig, YarnScaling, alternating_layer_types
+from engine.gguf_experts import cached_experts
 from engine.int8 import GGML_Q8_0_BYTES, Q8_BLOCK, drop_pages
 from engine.tokenizer import TokenizerError
 from engine.weights import canonical_specs
@@ -153,7 +154,8 @@ class GGUFCheckpoint:
     def read_weights(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """All model tensors under canonical names (engine.weights), in two parts: the dense tensors stored
         in Q8_0, as ggml's blocks uint8 [rows, in/32, 34], and everything else as the engine holds it
-        (float tensors as views of the mapped files; MXFP4 experts repacked, their file pages given back).
+        (float tensors as views of the mapped files; MXFP4 experts repacked, as views of the mapped
+        cache files).
 
         Raises:
             CheckpointError: one message listing every missing, unexpected or mis-shaped tensor and
@@ -183,11 +185,17 @@ class GGUFCheckpoint:
                     take(prefix + suffix, gguf_name(MODEL_TENSOR.ATTN_QKV, part, n), row_blocks[tensor])
                 else:
                     take(prefix + suffix, gguf_name(tensor, part, n))
-            tensors.update(self._experts(n, prefix))
+            gate_bias = self._get(gguf_name(MODEL_TENSOR.FFN_GATE_EXP, "bias", n))  # [E, I]
+            up_bias = self._get(gguf_name(MODEL_TENSOR.FFN_UP_EXP, "bias", n))
+            # Unit i's gate and up outputs are rows 2i and 2i+1 of gate_up.
+            tensors[prefix + "mlp.experts.gate_up_proj_bias"] = torch.stack((gate_bias, up_bias), dim=-1).flatten(1)
+        tensors.update(cached_experts(self.files, config.num_hidden_layers, self._repacked_experts))
         return tensors, q8_0
 
-    def _experts(self, n: int, prefix: str) -> dict[str, torch.Tensor]:
+    def _repacked_experts(self, n: int) -> dict[str, torch.Tensor]:
+        """Layer n's expert blocks and scales in the engine's layout, in memory."""
         E, D, I = self.config.num_local_experts, self.config.hidden_size, self.config.intermediate_size
+        prefix = f"model.layers.{n}."
         gate_up_blocks = torch.empty(E, 2 * I, D // 32, 16, dtype=torch.uint8)
         gate_up_scales = torch.empty(E, 2 * I, D // 32, dtype=torch.uint8)
         down_blocks = torch.empty(E, D, I // 32, 16, dtype=torch.uint8)
@@ -198,12 +206,9 @@ class GGUFCheckpoint:
         _repack_mxfp4(self._get(gguf_name(MODEL_TENSOR.FFN_UP_EXP, "weight", n)), gate_up_blocks[:, 1::2],
                       gate_up_scales[:, 1::2])
         _repack_mxfp4(self._get(gguf_name(MODEL_TENSOR.FFN_DOWN_EXP, "weight", n)), down_blocks, down_scales)
-        gate_bias = self._get(gguf_name(MODEL_TENSOR.FFN_GATE_EXP, "bias", n))  # [E, I]
-        up_bias = self._get(gguf_name(MODEL_TENSOR.FFN_UP_EXP, "bias", n))
         return {
             prefix + "mlp.experts.gate_up_proj_blocks": gate_up_blocks,
             prefix + "mlp.experts.gate_up_proj_scales": gate_up_scales,
-            prefix + "mlp.experts.gate_up_proj_bias": torch.stack((gate_bias, up_bias), dim=-1).reshape(E, 2 * I),
             prefix + "mlp.experts.down_proj_blocks": down_blocks,
             prefix + "mlp.experts.down_proj_scales": down_scales,
         }

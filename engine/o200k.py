@@ -32,6 +32,8 @@ from typing import Any
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
+from engine.cache_dir import cache_dir
+
 logger = logging.getLogger(__name__)
 
 O200K_BASE_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
@@ -335,16 +337,13 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def _tokenizer_json_text() -> str:
-    import platformdirs
-
-    cache_dir = Path(os.environ.get("GPTOSS_CACHE_DIR") or platformdirs.user_cache_dir("gptoss-mcp"))
-    cached = cache_dir / f"o200k_harmony-tokenizer-v{_FORMAT_VERSION}-{O200K_BASE_SHA256}.json"
+    cached = cache_dir() / f"o200k_harmony-tokenizer-v{_FORMAT_VERSION}-{O200K_BASE_SHA256}.json"
     if cached.is_file():
         return cached.read_text(encoding="utf-8")
     logger.info("building o200k_harmony tokenizer.json (cache: %s)", cached)
     text = build_tokenizer(load_quicktok_ranks()).to_str()
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
+        cached.parent.mkdir(parents=True, exist_ok=True)
         _write_atomic(cached, text.encode("utf-8"))
     except OSError as exc:  # an unwritable cache only costs a rebuild next time
         logger.warning("could not cache tokenizer.json at %s: %s", cached, exc)

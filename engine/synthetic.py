@@ -38,12 +38,13 @@ GENERATION_CONFIG = {"bos_token_id": 199998, "do_sample": True, "eos_token_id": 
 
 
 def write_model(out: str | Path, preset: str = "tiny", layers: int | None = None, seed: int = 0,
-                original: bool = True) -> ModelConfig:
-    """Writes a random model directory (and its `original/` twin unless original=False).
+                original: bool = True, config: ModelConfig | None = None) -> ModelConfig:
+    """Writes a random model directory (and its `original/` twin unless original=False), of the preset's
+    shape or of `config` when given (tests that need another shape).
 
-    The same (preset, layers, seed) always gives byte-identical weights.
+    The same (preset or config, layers, seed) always gives byte-identical weights.
     """
-    config = preset_config(preset, layers)
+    config = config or preset_config(preset, layers)
     generator = torch.Generator().manual_seed(seed)
     specs = canonical_specs(config)
     write_checkpoint(out, config, lambda name: _random_tensor(name, specs[name].shape, config, generator),

@@ -21,6 +21,7 @@ from pathlib import Path
 import openai_harmony as oh
 
 from engine import o200k
+from engine.cache_dir import cache_dir
 
 
 # tiktoken's o200k_harmony encode_ordinary of this text: splitting, contractions, digits, specials-as-text.
@@ -104,10 +105,7 @@ class StreamDecoder:
 def _harmony_encoding(ranks: dict[bytes, int]) -> oh.HarmonyEncoding:
     # openai-harmony reads o200k_base.tiktoken from TIKTOKEN_ENCODINGS_BASE instead of downloading it;
     # the ranks were checked to be o200k's, so the file written from them is the official one.
-    import platformdirs
-
-    directory = Path(os.environ.get("GPTOSS_CACHE_DIR") or platformdirs.user_cache_dir("gptoss-mcp")) / \
-        f"tiktoken-{o200k.O200K_BASE_SHA256[:16]}"
+    directory = cache_dir() / f"tiktoken-{o200k.O200K_BASE_SHA256[:16]}"
     target = directory / "o200k_base.tiktoken"
     if not target.is_file():
         directory.mkdir(parents=True, exist_ok=True)

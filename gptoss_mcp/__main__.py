@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("train-demo", help="train the demo model from scratch, write its compact weights, "
                                                   "print its skills' evaluation")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--minutes", type=float, default=40.0, help="training time (default 40)")
+    demo.add_argument("--minutes", type=float, default=70.0, help="training time (default 70)")
     demo.add_argument("--out", default=None,
                       help="compact weights to write (default: engine/demo/gptoss-demo.safetensors)")
     demo.add_argument("--eval-per-cell", type=_positive_int, default=20,

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
-import platformdirs
-
+from engine.cache_dir import build_lock, cache_dir
 from engine.synthetic import write_model
 
 logger = logging.getLogger(__name__)
@@ -22,12 +19,12 @@ _STAGING_PREFIX = ".demo-"
 
 def demo_model_dir() -> Path:
     """Builds the demo checkpoint on first use (a few seconds) and returns its directory."""
-    root = Path(os.environ.get("GPTOSS_CACHE_DIR") or platformdirs.user_cache_dir("gptoss-mcp"))
+    root = cache_dir()
     target = root / _DEMO_NAME
     if (target / "config.json").is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
-    with _build_lock(root):
+    with build_lock(root / ".demo.lock"):
         if (target / "config.json").is_file():  # another process built it while we waited
             return target
         # Holding the lock, any staging directory left is from a build that was killed half-way.
@@ -42,17 +39,3 @@ def demo_model_dir() -> Path:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-@contextlib.contextmanager
-def _build_lock(root: Path):
-    """One process at a time builds the demo model. An OS lock: the kernel drops it when its holder
-    dies, so a server stopped in the middle of the build blocks no later start."""
-    import fcntl  # POSIX
-
-    with open(root / ".demo.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

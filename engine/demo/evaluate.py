@@ -21,10 +21,9 @@ from dataclasses import dataclass
 import jsonschema
 
 from engine.chat import GenerationParams, GenerationResult
-from engine.demo.tasks import Example, Generator
+from engine.demo.tasks import SKILLS, Example, Generator
 from engine.scheduler import Request, Scheduler
 
-SKILLS = ("add", "subtract", "multiply", "tool_call", "tool_answer", "no_tool", "about")
 SAMPLINGS = {"greedy": 0.0, "temperature 1": 1.0}
 
 

@@ -22,21 +22,31 @@ from dataclasses import dataclass, field
 from engine.demo.skills import ABOUT_TEXT
 
 EFFORTS = ("low", "medium", "high")
+SKILLS = ("add", "subtract", "multiply", "tool_call", "tool_answer", "no_tool", "about")
 
 
 @dataclass(frozen=True)
 class Reply:
     """One assistant message: channel "analysis", "final", or "call" (commentary to functions.`name`,
-    `<|constrain|>json`, text the arguments)."""
+    `<|constrain|>json`, text the arguments).
+
+    A name or value copied from the prompt into a call is written a character per token (as digits
+    are): the prompt's " Oslo" is one token, but "Oslo" inside JSON is "Os" + "lo", so a copy in
+    canonical tokens would be a spelling lesson per name; a character at a time it is a lookup.
+    Numbers the model computes are written a digit per token, but a number it copies from the prompt
+    (the operands, an amount) keeps the prompt's tokens: a copy of one token is easier than reading
+    a token's digits out in order."""
 
     channel: str
     text: str
     name: str | None = None
+    spelled: tuple[str, ...] = ()  # names and values copied into a call, written a character per token
+    copied: tuple[str, ...] = ()  # numbers copied from the prompt, written in the prompt's tokens
 
 
 @dataclass
 class Example:
-    skill: str  # add, subtract, multiply, tool_call, tool_answer, no_tool, about
+    skill: str  # one of SKILLS
     messages: list[dict]
     tools: list[dict]
     effort: str
@@ -176,11 +186,12 @@ def column_addition(a: int, b: int, verbose: bool) -> list[str]:
         if verbose:
             step = f"{places[i]}: {terms} = {total}. Write {total % 10}" + (f", carry {new_carry}." if new_carry else ".")
         else:
-            step = f"{terms} = {total}, write {total % 10}" + (f" carry {new_carry}" if new_carry else "")
+            step = f"{places[i].lower()}: {terms} = {total}, write {total % 10}" + (f" carry {new_carry}" if new_carry else "")
         lines.append(step)
         carry = new_carry
     if carry:
-        lines.append(f"{places[width]}: the carry {carry}. Write {carry}." if verbose else f"carry {carry}, write {carry}")
+        lines.append(f"{places[width]}: the carry {carry}. Write {carry}." if verbose
+                     else f"{places[width].lower()}: carry {carry}, write {carry}")
     return lines
 
 
@@ -200,7 +211,7 @@ def column_subtraction(a: int, b: int, verbose: bool) -> list[str]:
             lines.append(f"{places[i]}: {terms} = {result}. Write {result}" +
                          (", borrow 1." if new_borrow else "."))
         else:
-            lines.append(f"{terms} = {result}, write {result}" + (" borrow 1" if new_borrow else ""))
+            lines.append(f"{places[i].lower()}: {terms} = {result}, write {result}" + (" borrow 1" if new_borrow else ""))
         borrow = new_borrow
     return lines
 
@@ -222,12 +233,13 @@ def column_product(a: int, digit: int, verbose: bool) -> tuple[list[str], int]:
 
 
 def arithmetic_working(a: int, op: str, b: int, effort: str) -> tuple[str, int]:
-    """The reasoning for `a op b` at an effort, and the result."""
+    """The reasoning for `a op b` at an effort, and the result. The working names each column's
+    digits; the operands are restated only where `copied_expressions` says (in the prompt's tokens)."""
     result = {"+": a + b, "-": a - b, "*": a * b}[op]
     if effort == "low":
         return f"{a} {op} {b} = {result}.", result
     verbose = effort == "high"
-    lines = [f"Compute {a} {op} {b} column by column from the right." if verbose else f"{a} {op} {b} by columns:"]
+    lines = ["Column by column from the right." if verbose else "By columns:"]
     if op == "+":
         lines += column_addition(a, b, verbose)
     elif op == "-":
@@ -255,6 +267,15 @@ def arithmetic_working(a: int, op: str, b: int, effort: str) -> tuple[str, int]:
     return "\n".join(lines), result
 
 
+def copied_expressions(a: int, op: str, b: int) -> tuple[str, ...]:
+    """The places where the working and the answer restate the operands (`Reply.copied`)."""
+    if op == "-" and a < b:
+        return f"{a} - {b}", f"{a} is less than {b}", f"{b} - {a}"
+    if op == "*":
+        return (f"{a} * {b}", f"Multiply {a} by", *{f"{a} * {d * 10 ** i}" for i, d in enumerate(digits_of(b))})
+    return (f"{a} {op} {b}",)
+
+
 class Generator:
     """Examples of every skill, reproducible from a seed."""
 
@@ -266,7 +287,7 @@ class Generator:
         return self.rng.choice(EFFORTS)
 
     def date(self) -> str | None:
-        if self.rng.random() < 0.5:
+        if self.rng.random() < 0.8:
             return None
         return f"20{self.rng.randint(24, 30)}-{self.rng.randint(1, 12):02d}-{self.rng.randint(1, 28):02d}"
 
@@ -348,7 +369,7 @@ class Generator:
             tools.append(tool)
             taken.add(name)
         others = [k for k in TOOL_KINDS if k not in (include, exclude)]
-        for _ in range(self.rng.randint(0 if include else 1, 3)):
+        for _ in range(self.rng.choice([0, 0, 1, 1, 2, 3]) + (0 if include else 1)):
             if others and self.rng.random() < 0.5:
                 tool, _ = self.tool(self.rng.choice(others), taken)
             else:
@@ -364,14 +385,15 @@ class Generator:
     def history(self) -> list[dict]:
         """0-3 earlier finished turns of any kind (their reasoning is dropped when rendered)."""
         turns: list[dict] = []
-        for _ in range(self.rng.choice([0, 0, 0, 1, 1, 2, 3])):
+        # Most examples have none: the prompt carries no loss, and training time is what bounds quality.
+        for _ in range(self.rng.choice([0] * 15 + [1] * 4 + [2])):
             roll = self.rng.random()
-            if roll < 0.4:
+            if roll < 0.45:
                 a, op, b = self.operands()
                 result = {"+": a + b, "-": a - b, "*": a * b}[op]
                 turns += [{"role": "user", "content": self.rng.choice(ARITHMETIC_REQUESTS[op]).format(a=a, b=b)},
                           {"role": "assistant", "content": f"{a} {op} {b} = {result}."}]
-            elif roll < 0.7:
+            elif roll < 0.6:
                 turns += [{"role": "user", "content": self.rng.choice(ABOUT_REQUESTS)},
                           {"role": "assistant", "content": ABOUT_TEXT}]
             else:
@@ -381,7 +403,7 @@ class Generator:
         return turns
 
     def instructions(self) -> list[dict]:
-        if self.rng.random() < 0.2:
+        if self.rng.random() < 0.1:
             return [{"role": "developer" if self.rng.random() < 0.5 else "system",
                      "content": self.rng.choice(INSTRUCTIONS)}]
         return []
@@ -403,10 +425,12 @@ class Generator:
             a, b = self.rng.randint(0, top), self.rng.randint(0, top)
         request = self.rng.choice(ARITHMETIC_REQUESTS[op]).format(a=a, b=b)
         working, result = arithmetic_working(a, op, b, effort)
-        tools = self.toolset(None)[0] if with_tools and self.rng.random() < 0.2 else []
+        tools = self.toolset(None)[0] if with_tools and self.rng.random() < 0.1 else []
         skill = {"+": "add", "-": "subtract", "*": "multiply"}[op]
+        copied = copied_expressions(a, op, b)
         return Example(skill, [*self.instructions(), *self.history(), {"role": "user", "content": request}], tools,
-                       effort, [Reply("analysis", working), Reply("final", f"{a} {op} {b} = {result}.")],
+                       effort, [Reply("analysis", working, copied=copied),
+                                Reply("final", f"{a} {op} {b} = {result}.", copied=copied)],
                        {"answer": result, "a": a, "b": b, "op": op}, self.date())
 
     def request_values(self, kind: str) -> dict[str, object]:
@@ -428,8 +452,11 @@ class Generator:
         request = self.rng.choice(TOOL_KINDS[kind]["requests"]).format(**values)
         arguments = {roles[role]: value for role, value in values.items()}
         reasoning = self.call_reasoning(kind, name, values, effort)
+        numbers = tuple(str(v) for v in values.values() if not isinstance(v, str))
         return Example("tool_call", [*self.instructions(), *self.history(), {"role": "user", "content": request}],
-                       tools, effort, [Reply("analysis", reasoning), Reply("call", json_text(arguments), name)],
+                       tools, effort, [Reply("analysis", reasoning, copied=numbers),
+                                       Reply("call", json_text(arguments), name, copied=numbers,
+                                             spelled=tuple(v for v in values.values() if isinstance(v, str)))],
                        {"tool": name, "arguments": arguments, "kind": kind, "values": values}, self.date())
 
     def call_reasoning(self, kind: str, name: str, values: dict, effort: str) -> str:
@@ -456,7 +483,9 @@ class Generator:
         answer = TOOL_KINDS[kind]["lead"].format(result=result, **values)
         note = {"low": "Answer with the result.", "medium": "The tool returned the result; I state it.",
                 "high": f"{call.expected['tool']} returned its result, so I give it to the user."}[call.effort]
-        return Example("tool_answer", messages, call.tools, call.effort, [Reply("analysis", note), Reply("final", answer)],
+        copied = (result, *(str(v) for v in values.values() if not isinstance(v, str)))  # in the prompt's tokens
+        return Example("tool_answer", messages, call.tools, call.effort,
+                       [Reply("analysis", note), Reply("final", answer, copied=copied)],
                        {"result": result}, call.current_date)
 
     def tool_result(self, kind: str, values: dict) -> str:
@@ -508,13 +537,13 @@ class Generator:
     def example(self) -> Example:
         """One example of a skill drawn by the training mix."""
         roll = self.rng.random()
-        if roll < 0.60:
+        if roll < 0.57:
             return self.arithmetic()
-        if roll < 0.80:
+        if roll < 0.82:
             return self.tool_call()
         if roll < 0.90:
             return self.tool_answer()
-        if roll < 0.94:
+        if roll < 0.95:
             return self.no_tool()
         return self.about()
 

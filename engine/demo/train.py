@@ -5,13 +5,15 @@ What differs from running the model, and why:
 - The experts are float parameters rounded to MXFP4 in every forward pass once quantization-aware
   training starts (`--qat-from`), with a straight-through gradient (`engine.demo.mxfp4`); the shipped
   checkpoint stores exactly those rounded values.
-- Only the tokens the data uses have rows. Inputs go through a compact embedding whose rows for
-  number tokens ("7", "58", "347") are built from per-digit vectors, so that every number's digits
-  are readable from its embedding after a few thousand examples. The softmax covers the tokens the
+- Only the tokens the data uses (and every number token) have rows. Inputs go through a compact
+  embedding whose rows are built from parts: a number token's ("7", "58", "347") from per-digit
+  vectors, any other token's from its own vector plus per-character ones, so that a number's digits
+  and a name's characters are readable from its row (`SpellingAwareEmbedding`). The softmax covers the
   model writes plus one term for every other token at logit 0 (log(V - n) of them), which is exactly
   the shipped model's distribution: their unembedding rows are zero.
-- The model writes each digit as its own token (decoded text is the same), so a computed number is
-  one lookup per digit.
+- The model writes each digit it computes as its own token, each character of a name or value it
+  copies into a call too, and a number it copies in the prompt's own tokens (decoded text is the same
+  in every case): every token it writes is then one lookup.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from torch import nn
 from engine import ops
 from engine.config import ModelConfig
 from engine.demo import mxfp4
-from engine.demo.tasks import Example, Generator, Reply
+from engine.demo.tasks import SKILLS, Example, Generator, Reply
 from engine.harmony import HarmonyFormat
 from engine.kv_cache import KVCache
 from engine.model import Transformer
@@ -49,21 +51,43 @@ def reply_tokens(tokenizer: Tokenizer, replies: list[Reply]) -> list[int]:
         if i:
             tokens += [_SPECIAL["<|start|>"], *tokenizer.encode("assistant")]
         tokens.append(_SPECIAL["<|channel|>"])
-        if reply.channel == "call":
-            tokens += tokenizer.encode(f"commentary to=functions.{reply.name} ")
+        if reply.channel == "call":  # the declared name, copied a character at a time
+            tokens += [*tokenizer.encode("commentary to=functions."), *spell(tokenizer, reply.name), *tokenizer.encode(" ")]
             tokens += [_SPECIAL["<|constrain|>"], *tokenizer.encode("json")]
         else:
             tokens += tokenizer.encode(reply.channel)
         tokens.append(_SPECIAL["<|message|>"])
-        tokens += digit_split_encode(tokenizer, reply.text)
+        tokens += written_encode(tokenizer, reply.text, reply.spelled, reply.copied)
         last = i == len(replies) - 1
         tokens.append(_SPECIAL["<|call|>" if reply.channel == "call" else "<|return|>" if last else "<|end|>"])
     return tokens
 
 
-def digit_split_encode(tokenizer: Tokenizer, text: str) -> list[int]:
-    """text's tokens with every digit a token of its own."""
-    return [token for piece in _DIGITS.split(text) if piece for token in tokenizer.encode(piece)]
+def spell(tokenizer: Tokenizer, text: str) -> list[int]:
+    """text a character per token."""
+    return [token for character in text for token in tokenizer.encode(character)]
+
+
+def written_encode(tokenizer: Tokenizer, text: str, spelled: tuple[str, ...] = (),
+                   copied: tuple[str, ...] = ()) -> list[int]:
+    """text's tokens as the model writes them: the `spelled` strings a character per token, the `copied`
+    ones in their own tokens, and every other digit a token of its own."""
+    marked = [(s, "spelled") for s in spelled] + [(s, "copied") for s in copied]
+    if not marked:
+        return [token for piece in _DIGITS.split(text) if piece for token in tokenizer.encode(piece)]
+    marked.sort(key=lambda item: len(item[0]), reverse=True)
+    how = dict(marked)
+    # Not inside a longer number: "12 + 3" is not in "112 + 34".
+    pattern = re.compile("(" + "|".join(r"(?<!\d)" + re.escape(s) + r"(?!\d)" for s, _ in marked) + ")")
+    tokens: list[int] = []
+    for i, piece in enumerate(pattern.split(text)):
+        if not i % 2:
+            tokens += written_encode(tokenizer, piece)
+        elif how[piece] == "spelled":
+            tokens += spell(tokenizer, piece)
+        else:
+            tokens += tokenizer.encode(piece)
+    return tokens
 
 
 def encode_example(fmt: HarmonyFormat, example: Example) -> tuple[list[int], int]:
@@ -82,7 +106,10 @@ class Vocabulary:
 
     @classmethod
     def collect(cls, fmt: HarmonyFormat, seed: int, examples: int) -> "Vocabulary":
-        seen, written = set(), set()
+        # Every number token (1-3 digits, leading zeros too) is in both: a fresh operand is never unseen.
+        numbers = {tokenizer_id for width in (1, 2, 3) for n in range(10 ** width)
+                   for tokenizer_id in fmt.tokenizer.encode(f"{n:0{width}d}")}
+        seen, written = set(numbers), set(numbers)
         generator = Generator(seed)
         for _ in range(examples):
             tokens, prompt = encode_example(fmt, generator.example())
@@ -99,32 +126,62 @@ class Vocabulary:
         return to_input, to_output
 
 
-class NumberAwareEmbedding(nn.Module):
-    """Rows for the input vocabulary. A number token's row ("7", "58", "347") is made of parts only:
-    a vector for its length plus one per (place counted from the right, digit), so "the units digit is
-    8" reads the same in every number, and every number is known once its digits are."""
+class SpellingAwareEmbedding(nn.Module):
+    """Rows for the input vocabulary, made so that what a copy or a sum needs is readable from a row.
+
+    A number token's row ("7", "58", "347") is made of parts only: a vector for its length plus one
+    per (place counted from the right, digit), so "the units digit is 8" reads the same in every
+    number. Any other token's row is its own vector plus one per (position, character) of its first
+    characters, one for its length and one for a leading space, so " Oslo" in a prompt tells the
+    characters a call writes one by one. Rows are scaled by 1/sqrt(parts) to keep one magnitude."""
+
+    NUMBER_PARTS = 33  # place·10 + digit, then 30 + length - 1
+    SPELLED = 12  # characters of a token's text that get a part
+    CHARACTERS = 96  # printable ASCII, and one class for every other character
 
     def __init__(self, tokenizer: Tokenizer, vocabulary: Vocabulary, dim: int, generator: torch.Generator):
         super().__init__()
         self.free = nn.Parameter(torch.randn(len(vocabulary.inputs), dim, generator=generator) * 0.5)
+        space_part = self.NUMBER_PARTS
+        length_part = space_part + 1
+        character_part = length_part + self.SPELLED
         rows, parts = [], []
-        for index, token in enumerate(vocabulary.inputs[1:], start=1):
-            text = tokenizer.decode([token])
-            if text.isdigit() and len(text) <= 3:
-                rows += [index] * (len(text) + 1)
-                parts.append(30 + len(text) - 1)  # the length
-                parts += [place * 10 + int(digit) for place, digit in enumerate(reversed(text))]
-        self.register_buffer("rows", torch.tensor(rows, dtype=torch.long))
-        self.register_buffer("parts", torch.tensor(parts, dtype=torch.long))
-        self.parts_table = nn.Parameter(torch.randn(33, dim, generator=generator) * 0.5)  # [place·10 + digit | 30 + length - 1]
+        count = torch.ones(len(vocabulary.inputs))
         keep = torch.ones(len(vocabulary.inputs), 1)
         keep[0] = 0  # unseen tokens
-        keep[self.rows] = 0  # numbers: parts only
+        for index, token in enumerate(vocabulary.inputs[1:], start=1):
+            if token in SPECIAL_TOKENS:
+                continue
+            text = tokenizer.decode([token])
+            if text.isdigit() and len(text) <= 3:
+                mine = [30 + len(text) - 1, *(place * 10 + int(digit) for place, digit in enumerate(reversed(text)))]
+                keep[index] = 0  # numbers: parts only
+                count[index] = len(mine)
+            else:
+                core = text[1:] if text.startswith(" ") and len(text) > 1 else text
+                mine = [length_part + min(len(core), self.SPELLED) - 1]
+                mine += [character_part + position * self.CHARACTERS + _character_class(ch)
+                         for position, ch in enumerate(core[:self.SPELLED])]
+                if core is not text:
+                    mine.append(space_part)
+                count[index] = 1 + len(mine)
+            rows += [index] * len(mine)
+            parts += mine
+        self.register_buffer("rows", torch.tensor(rows, dtype=torch.long))
+        self.register_buffer("parts", torch.tensor(parts, dtype=torch.long))
         self.register_buffer("keep", keep)
+        self.register_buffer("scale", count.rsqrt().unsqueeze(1))
+        n_parts = character_part + self.SPELLED * self.CHARACTERS
+        self.parts_table = nn.Parameter(torch.randn(n_parts, dim, generator=generator) * 0.5)
 
     def table(self) -> torch.Tensor:
         """[n_inputs, D]: row 0 (unseen tokens) stays zero."""
-        return (self.free * self.keep).index_add(0, self.rows, self.parts_table[self.parts])
+        return (self.free * self.keep).index_add(0, self.rows, self.parts_table[self.parts]) * self.scale
+
+
+def _character_class(character: str) -> int:
+    code = ord(character)
+    return code - 32 if 32 <= code < 127 else 95
 
 
 class QuantizedExperts(nn.Module):
@@ -156,7 +213,7 @@ class DemoModel(nn.Module):
         g = torch.Generator().manual_seed(seed)
         self.config, self.vocabulary = config, vocabulary
         self.transformer = Transformer(config, torch.float32)
-        self.embedding = NumberAwareEmbedding(tokenizer, vocabulary, config.hidden_size, g)
+        self.embedding = SpellingAwareEmbedding(tokenizer, vocabulary, config.hidden_size, g)
         self.unembedding = nn.Parameter(torch.randn(len(vocabulary.outputs), config.hidden_size, generator=g)
                                         / math.sqrt(config.hidden_size))
         self.weights = nn.ParameterDict()
@@ -186,11 +243,11 @@ class DemoModel(nn.Module):
         return self.transformer(ids, cache)
 
     def loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """hidden [M, D], targets [M] output indices -> (mean cross-entropy, correct argmax [M])."""
+        """hidden [M, D], targets [M] output indices -> (cross-entropy [M], correct argmax [M])."""
         logits = hidden @ self.unembedding.T  # [M, n_out]
         rest = torch.full((logits.shape[0], 1), self.rest_logit)
         full = torch.cat((logits, rest), dim=-1)
-        return nn.functional.cross_entropy(full, targets), full.argmax(-1) == targets
+        return nn.functional.cross_entropy(full, targets, reduction="none"), full.argmax(-1) == targets
 
 
 def _initial(name: str, shape: torch.Size, config: ModelConfig, g: torch.Generator) -> torch.Tensor:
@@ -208,7 +265,7 @@ def _initial(name: str, shape: torch.Size, config: ModelConfig, g: torch.Generat
 @dataclass
 class TrainSettings:
     seed: int = 0
-    minutes: float = 45.0
+    minutes: float = 70.0
     batch_tokens: int = 4096
     learning_rate: float = 3e-3
     qat_from: float = 0.3  # fraction of the steps after which the experts train rounded to MXFP4
@@ -222,32 +279,35 @@ class BatchStream:
     def __init__(self, fmt: HarmonyFormat, vocabulary: Vocabulary, seed: int, batch_tokens: int):
         self.fmt, self.generator, self.batch_tokens = fmt, Generator(seed), batch_tokens
         self.to_input, self.to_output = vocabulary.tables(fmt.tokenizer.vocab_size)
-        self.pool: list[tuple[list[int], int]] = []
+        self.pool: list[tuple[list[int], int, int]] = []
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(input indices [B, T], positions of predicted tokens (flat, [M]), their output indices [M])."""
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(input indices [B, T], positions of predicted tokens (flat, [M]), their output indices [M],
+        the index in SKILLS of each one's example [M])."""
         while len(self.pool) < 256:
-            self.pool.append(encode_example(self.fmt, self.generator.example()))
+            example = self.generator.example()
+            self.pool.append((*encode_example(self.fmt, example), SKILLS.index(example.skill)))
         self.pool.sort(key=lambda item: len(item[0]))
         start = self.generator.rng.randrange(len(self.pool))  # a random length band
         chosen, longest = [], 0
-        for tokens, prompt in self.pool[start:] + self.pool[:start]:
-            longest = max(longest, len(tokens))
+        for item in self.pool[start:] + self.pool[:start]:
+            longest = max(longest, len(item[0]))
             if chosen and longest * (len(chosen) + 1) > self.batch_tokens:
                 break
-            chosen.append((tokens, prompt))
+            chosen.append(item)
         for item in chosen:
             self.pool.remove(item)
-        T = max(len(tokens) for tokens, _ in chosen) - 1
+        T = max(len(tokens) for tokens, _, _ in chosen) - 1
         ids = torch.zeros(len(chosen), T, dtype=torch.long)
-        flat, targets = [], []
-        for b, (tokens, prompt) in enumerate(chosen):
+        flat, targets, skills = [], [], []
+        for b, (tokens, prompt, skill) in enumerate(chosen):
             full = torch.tensor(tokens)
             ids[b, :len(tokens) - 1] = self.to_input[full[:-1]]
             predicted = torch.arange(prompt - 1, len(tokens) - 1)  # position t predicts token t + 1
             flat.append(b * T + predicted)
             targets.append(self.to_output[full[prompt:]])
-        return ids, torch.cat(flat), torch.cat(targets)
+            skills.append(torch.full((len(predicted),), skill))
+        return ids, torch.cat(flat), torch.cat(targets), torch.cat(skills)
 
 
 def train(config: ModelConfig, tokenizer: Tokenizer, settings: TrainSettings, report=print) -> DemoModel:
@@ -277,7 +337,8 @@ def _train(config: ModelConfig, tokenizer: Tokenizer, settings: TrainSettings, r
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.98), weight_decay=0.01)
     budget = settings.minutes * 60
     train_started = time.perf_counter()
-    step, seen, correct, total_loss, logged, logged_step = 0, 0, 0, 0.0, time.perf_counter(), 0
+    step, logged, logged_step = 0, time.perf_counter(), 0
+    tally = torch.zeros(3, len(SKILLS), dtype=torch.float64)  # tokens, summed loss, right argmax per skill
     while True:
         elapsed = time.perf_counter() - train_started
         progress = elapsed / budget
@@ -287,23 +348,27 @@ def _train(config: ModelConfig, tokenizer: Tokenizer, settings: TrainSettings, r
         warmup = min(1.0, (step + 1) / 100)
         for group in optimizer.param_groups:
             group["lr"] = settings.learning_rate * warmup * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
-        ids, positions, targets = stream.next()
+        ids, positions, targets, skills = stream.next()
         known = targets >= 0
         hidden = model(ids).reshape(-1, config.hidden_size)[positions[known]]
-        loss, hits = model.loss(hidden, targets[known])
+        losses, hits = model.loss(hidden, targets[known])
+        loss = losses.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         step += 1
-        seen += int(known.sum())
-        correct += int(hits.sum())
-        total_loss += float(loss.detach()) * int(known.sum())
+        skills = skills[known]
+        for row, values in enumerate((torch.ones_like(losses), losses.detach(), hits.double())):
+            tally[row].index_add_(0, skills, values.double())
         if time.perf_counter() - logged > 60:
-            report(f"step {step}, {elapsed / 60:.1f} min: loss {total_loss / seen:.4f}, token accuracy "
-                   f"{correct / seen:.4f}, {'MXFP4' if progress >= settings.qat_from else 'float'} experts, "
-                   f"{step - logged_step} steps in {time.perf_counter() - logged:.0f} s")
-            seen, correct, total_loss, logged, logged_step = 0, 0, 0.0, time.perf_counter(), step
+            tokens, summed, right = tally
+            report(f"step {step}, {elapsed / 60:.1f} min: loss {summed.sum() / tokens.sum():.4f}, token accuracy "
+                   f"{right.sum() / tokens.sum():.4f}, {'MXFP4' if progress >= settings.qat_from else 'float'} "
+                   f"experts, {step - logged_step} steps in {time.perf_counter() - logged:.0f} s; loss by skill: "
+                   + ", ".join(f"{skill} {summed[i] / tokens[i]:.3f}" for i, skill in enumerate(SKILLS) if tokens[i]))
+            tally.zero_()
+            logged, logged_step = time.perf_counter(), step
     model.set_quantized(True)
     report(f"trained {step} steps in {(time.perf_counter() - train_started) / 60:.1f} min")
     return model

@@ -14,7 +14,7 @@ import torch
 from engine import ops
 from engine.demo import mxfp4
 from engine.demo.tasks import EFFORTS, Generator, arithmetic_working
-from engine.demo.train import DemoModel, TrainSettings, Vocabulary, encode_example, reply_tokens, train
+from engine.demo.train import DemoModel, TrainSettings, Vocabulary, encode_example, reply_tokens, spell, train
 from engine.harmony import HarmonyFormat
 from engine.ops import reference
 from engine.presets import preset_config
@@ -77,7 +77,7 @@ def test_generated_examples_are_consistent():
 
 def test_reply_tokens_read_back_through_the_engine_parser(harmony):
     """The training targets are what the engine's harmony parser turns into answers and tool calls,
-    with every digit a token of its own."""
+    with every computed digit a token of its own."""
     generator = Generator(5)
     digits = {harmony.tokenizer.encode(str(d))[0] for d in range(10)}
     for _ in range(60):
@@ -92,9 +92,15 @@ def test_reply_tokens_read_back_through_the_engine_parser(harmony):
             assert [(c.name, c.arguments) for c in parsed.tool_calls] == [(example.reply[-1].name, example.reply[-1].text)]
         else:
             assert parsed.final == example.reply[-1].text and not parsed.tool_calls
-        for token in tokens:
+        copied = " ".join(c for reply in example.reply for c in reply.copied)
+        for token in tokens:  # a number with more than one digit in a token is a copy from the prompt
             text = harmony.tokenizer.decode([token])
-            assert not (any(ch.isdigit() for ch in text) and token not in digits), text
+            assert not (any(ch.isdigit() for ch in text) and token not in digits) or text in copied, text
+        for reply in example.reply:  # copied names and values: a character per token
+            for value in reply.spelled:
+                letters = spell(harmony.tokenizer, value)
+                assert len(letters) == len(value)
+                assert any(tokens[i:i + len(letters)] == letters for i in range(len(tokens))), value
 
 
 @pytest.mark.parametrize("shape", [(3, 32), (2, 5, 96), (4, 7, 3, 64)])
