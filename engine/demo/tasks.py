@@ -534,6 +534,13 @@ class Generator:
         return Example("about", [*self.instructions(), *self.history(), {"role": "user", "content": request}], tools,
                        effort, [Reply("analysis", reasoning), Reply("final", ABOUT_TEXT)], {"about": True}, self.date())
 
+    def chained_turn(self, effort: str, current_date: str | None) -> Example:
+        """A request that can follow another in the same conversation: arithmetic or about itself, with
+        no tools, instructions or history of its own, under the same system message."""
+        example = self.arithmetic(effort, with_tools=False) if self.rng.random() < 0.85 else self.about(effort)
+        example.messages, example.tools, example.current_date = example.messages[-1:], [], current_date
+        return example
+
     def example(self) -> Example:
         """One example of a skill drawn by the training mix."""
         roll = self.rng.random()

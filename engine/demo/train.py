@@ -270,23 +270,45 @@ class TrainSettings:
     learning_rate: float = 3e-3
     qat_from: float = 0.3  # fraction of the steps after which the experts train rounded to MXFP4
     vocabulary_examples: int = 30000
+    chain: int = 3  # requests per sequence where they can follow one another (BatchStream)
     threads: int | None = None
 
 
 class BatchStream:
-    """Batches of about `batch_tokens` tokens: examples drawn fresh, grouped by length to pad little."""
+    """Batches of about `batch_tokens` tokens: examples drawn fresh, grouped by length to pad little.
 
-    def __init__(self, fmt: HarmonyFormat, vocabulary: Vocabulary, seed: int, batch_tokens: int):
-        self.fmt, self.generator, self.batch_tokens = fmt, Generator(seed), batch_tokens
+    With `chain` > 1, an example without tools is followed in the same sequence by up to chain - 1
+    more user requests (arithmetic or about itself) and their replies, as further turns of one
+    conversation: the system message, most of a short example's prompt, is then paid once for them
+    all. (Rendered for inference, earlier turns drop their reasoning; chained, they keep it.)"""
+
+    def __init__(self, fmt: HarmonyFormat, vocabulary: Vocabulary, seed: int, batch_tokens: int, chain: int = 1):
+        self.fmt, self.generator, self.batch_tokens, self.chain = fmt, Generator(seed), batch_tokens, chain
         self.to_input, self.to_output = vocabulary.tables(fmt.tokenizer.vocab_size)
-        self.pool: list[tuple[list[int], int, int]] = []
+        self.pool: list[tuple[list[int], list[tuple[int, int, int]]]] = []
+
+    def _sequence(self) -> tuple[list[int], list[tuple[int, int, int]]]:
+        """tokens, and the replies in them as (first token, end, index in SKILLS)."""
+        example = self.generator.example()
+        tokens, prompt = encode_example(self.fmt, example)
+        replies = [(prompt, len(tokens), SKILLS.index(example.skill))]
+        if self.chain > 1 and not example.tools and example.skill in ("add", "subtract", "multiply", "about"):
+            end_of_system = tokens.index(_SPECIAL["<|end|>"]) + 1
+            for _ in range(self.chain - 1):
+                follow = self.generator.chained_turn(example.effort, example.current_date)
+                more, more_prompt = encode_example(self.fmt, follow)
+                assert more[:end_of_system] == tokens[:end_of_system]  # the same system message
+                more = more[end_of_system:]
+                replies.append((len(tokens) + more_prompt - end_of_system, len(tokens) + len(more),
+                                SKILLS.index(follow.skill)))
+                tokens = tokens + more
+        return tokens, replies
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(input indices [B, T], positions of predicted tokens (flat, [M]), their output indices [M],
         the index in SKILLS of each one's example [M])."""
         while len(self.pool) < 256:
-            example = self.generator.example()
-            self.pool.append((*encode_example(self.fmt, example), SKILLS.index(example.skill)))
+            self.pool.append(self._sequence())
         self.pool.sort(key=lambda item: len(item[0]))
         start = self.generator.rng.randrange(len(self.pool))  # a random length band
         chosen, longest = [], 0
@@ -297,16 +319,17 @@ class BatchStream:
             chosen.append(item)
         for item in chosen:
             self.pool.remove(item)
-        T = max(len(tokens) for tokens, _, _ in chosen) - 1
+        T = max(len(tokens) for tokens, _ in chosen) - 1
         ids = torch.zeros(len(chosen), T, dtype=torch.long)
         flat, targets, skills = [], [], []
-        for b, (tokens, prompt, skill) in enumerate(chosen):
+        for b, (tokens, replies) in enumerate(chosen):
             full = torch.tensor(tokens)
             ids[b, :len(tokens) - 1] = self.to_input[full[:-1]]
-            predicted = torch.arange(prompt - 1, len(tokens) - 1)  # position t predicts token t + 1
-            flat.append(b * T + predicted)
-            targets.append(self.to_output[full[prompt:]])
-            skills.append(torch.full((len(predicted),), skill))
+            for first, end, skill in replies:
+                predicted = torch.arange(first - 1, end - 1)  # position t predicts token t + 1
+                flat.append(b * T + predicted)
+                targets.append(self.to_output[full[first:end]])
+                skills.append(torch.full((len(predicted),), skill))
         return ids, torch.cat(flat), torch.cat(targets), torch.cat(skills)
 
 
@@ -333,7 +356,7 @@ def _train(config: ModelConfig, tokenizer: Tokenizer, settings: TrainSettings, r
     report(f"vocabulary: {len(vocabulary.inputs)} input tokens, {len(vocabulary.outputs)} output tokens "
            f"({time.perf_counter() - started:.0f} s)")
     model = DemoModel(config, tokenizer, vocabulary, settings.seed)
-    stream = BatchStream(fmt, vocabulary, settings.seed, settings.batch_tokens)
+    stream = BatchStream(fmt, vocabulary, settings.seed, settings.batch_tokens, settings.chain)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.98), weight_decay=0.01)
     budget = settings.minutes * 60
     train_started = time.perf_counter()

@@ -13,9 +13,10 @@ import torch
 
 from engine import ops
 from engine.demo import mxfp4
-from engine.demo.tasks import EFFORTS, Generator, arithmetic_working
-from engine.demo.train import DemoModel, TrainSettings, Vocabulary, encode_example, reply_tokens, spell, train
+from engine.demo.tasks import EFFORTS, SKILLS, Generator, arithmetic_working
+from engine.demo.train import BatchStream, DemoModel, TrainSettings, Vocabulary, encode_example, reply_tokens, spell, train
 from engine.harmony import HarmonyFormat
+from engine.o200k import SPECIAL_TOKENS
 from engine.ops import reference
 from engine.presets import preset_config
 from engine.tokenizer import Tokenizer
@@ -168,3 +169,27 @@ def test_vocabulary_maps_unseen_tokens_to_the_zero_row(harmony):
     assert to_output[vocabulary.outputs[-1]] == len(vocabulary.outputs) - 1 and to_output[200_999] == -1
     model = DemoModel(preset_config("tiny"), harmony.tokenizer, vocabulary, seed=0)
     assert not model.embedding.table()[0].any()
+
+
+def test_chained_requests_share_one_system_message_and_every_reply_is_a_target(harmony):
+    """BatchStream(chain=3): a tool-less arithmetic or about example is followed by more requests in
+    the same sequence, under its system message; each reply span is exactly a reply's tokens."""
+    vocabulary = Vocabulary.collect(harmony, seed=4, examples=50)
+    stream = BatchStream(harmony, vocabulary, seed=6, batch_tokens=4096, chain=3)
+    system_end = next(token for token, text in SPECIAL_TOKENS.items() if text == "<|end|>")
+    chained = 0
+    for _ in range(40):
+        tokens, replies = stream._sequence()
+        assert tokens.count(system_end) >= len(replies)
+        text = harmony.tokenizer.decode(tokens)
+        assert text.count("<|start|>system") == 1
+        for first, end, skill in replies:
+            reply = harmony.tokenizer.decode(tokens[first:end])
+            assert reply.startswith("<|channel|>analysis<|message|>") and reply.endswith(("<|return|>", "<|call|>"))
+            assert harmony.tokenizer.decode(tokens[first - 2:first]) == "<|start|>assistant"
+        if len(replies) > 1:
+            chained += 1
+            assert all(SKILLS[skill] in ("add", "subtract", "multiply", "about") for _, _, skill in replies)
+            after_first = harmony.tokenizer.decode(tokens[replies[0][1]:])  # one user turn per request
+            assert after_first.count("<|start|>user") == len(replies) - 1 and "<|start|>developer" not in after_first
+    assert chained >= 10
