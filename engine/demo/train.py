@@ -52,7 +52,8 @@ def reply_tokens(tokenizer: Tokenizer, replies: list[Reply]) -> list[int]:
             tokens += [_SPECIAL["<|start|>"], *tokenizer.encode("assistant")]
         tokens.append(_SPECIAL["<|channel|>"])
         if reply.channel == "call":  # the declared name, copied a character at a time
-            tokens += [*tokenizer.encode("commentary to=functions."), *spell(tokenizer, reply.name), *tokenizer.encode(" ")]
+            tokens += [*tokenizer.encode("commentary to=functions."), *spell(tokenizer, reply.name),
+                       *tokenizer.encode(" ")]
             tokens += [_SPECIAL["<|constrain|>"], *tokenizer.encode("json")]
         else:
             tokens += tokenizer.encode(reply.channel)
@@ -158,11 +159,12 @@ class SpellingAwareEmbedding(nn.Module):
                 keep[index] = 0  # numbers: parts only
                 count[index] = len(mine)
             else:
-                core = text[1:] if text.startswith(" ") and len(text) > 1 else text
+                spaced = text.startswith(" ") and len(text) > 1
+                core = text[1:] if spaced else text
                 mine = [length_part + min(len(core), self.SPELLED) - 1]
                 mine += [character_part + position * self.CHARACTERS + _character_class(ch)
                          for position, ch in enumerate(core[:self.SPELLED])]
-                if core is not text:
+                if spaced:
                     mine.append(space_part)
                 count[index] = 1 + len(mine)
             rows += [index] * len(mine)

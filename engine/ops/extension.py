@@ -9,7 +9,6 @@ the only module that names `torch.ops.gptoss`.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from engine.cache_dir import file_lock
 from engine.ops import reference
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,9 @@ def load() -> bool:
         build_dir = Path(os.environ.get("GPTOSS_EXTENSION_DIR") or platformdirs.user_cache_dir("gptoss-mcp")) / \
             f"ext-{digest}"
         build_dir.mkdir(parents=True, exist_ok=True)
-        with _build_lock(build_dir):
+        # One process at a time builds or loads build_dir.
+        with file_lock(build_dir / "build.lock",
+                       f"waiting for another process that is building the C++ ops extension in {build_dir}"):
             _load_or_build(build_dir, sources, flags, cuda_flags)
     except Exception as e:  # a missing compiler or a failed build must never stop the engine
         logger.warning("C++ ops extension unavailable, using the PyTorch reference ops: %s", e)
@@ -75,24 +77,6 @@ def load() -> bool:
     _register_fakes()
     _loaded = True
     return True
-
-
-@contextlib.contextmanager
-def _build_lock(build_dir: Path):
-    """One process at a time builds or loads build_dir. An OS lock: the kernel drops it when its holder
-    dies, so a build killed half-way (Ctrl-C at first start, a host killing the server) blocks nobody."""
-    import fcntl  # POSIX; where it is missing, load() falls back to the reference ops
-
-    with open(build_dir / "build.lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logger.info("waiting for another process that is building the C++ ops extension in %s", build_dir)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _load_or_build(build_dir: Path, sources: list[str], flags: list[str], cuda_flags: list[str]) -> None:
@@ -104,7 +88,7 @@ def _load_or_build(build_dir: Path, sources: list[str], flags: list[str], cuda_f
         torch.ops.load_library(str(library))
         return
     # cpp_extension's own lock file (torch.utils.file_baton), which it never removes when the process
-    # holding it dies: every later start would wait on it forever. Holding _build_lock, we know that
+    # holding it dies: every later start would wait on it forever. Holding the build lock, we know that
     # no process of ours is building here, so a file left now is stale.
     stale = build_dir / "lock"
     if stale.exists():
