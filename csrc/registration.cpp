@@ -31,4 +31,8 @@ TORCH_LIBRARY(gptoss, m) {
   // Σ_a w[n,a]·(W2[e]·swiglu(W1[e]·x[n] + b1[e]) + b2[e]) with MXFP4 expert weights, float32 out
   m.def("moe_mxfp4(Tensor x, Tensor expert_ids, Tensor expert_weights, Tensor w1_blocks, Tensor w1_scales, "
         "Tensor b1, Tensor w2_blocks, Tensor w2_scales, Tensor b2, float swiglu_alpha, float swiglu_limit) -> Tensor");
+  // moe_mxfp4 on a GGUF's experts as they are stored: ggml's MXFP4 blocks [E, rows, nb, 17] (scale byte,
+  // then 16 bytes of nibbles), gate and up apart; b1 [E, 2I] with gate/up interleaved as in moe_mxfp4
+  m.def("moe_mxfp4_ggml(Tensor x, Tensor expert_ids, Tensor expert_weights, Tensor gate, Tensor up, Tensor b1, "
+        "Tensor down, Tensor b2, float swiglu_alpha, float swiglu_limit) -> Tensor");
 }

@@ -1,4 +1,4 @@
-"""Where the project caches what it builds (tokenizer files, the demo model, repacked GGUF experts):
+"""Where the project caches what it builds (tokenizer files, the demo model):
 `$GPTOSS_CACHE_DIR`, else the user cache directory; and how a cached directory is built once."""
 
 from __future__ import annotations

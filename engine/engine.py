@@ -90,8 +90,8 @@ class Engine:
         directory of that name wins). `engine.source` tells which.
 
         Dense weights are memory-mapped (and only copied when the compute dtype or device differs
-        from the file); MXFP4 expert weights stay packed (a GGUF's are repacked into the same layout,
-        losslessly). A GGUF's Q8_0 tensors stay 8-bit whatever `weights` says: attention and
+        from the file); MXFP4 expert weights stay packed, a GGUF's in ggml's layout, read in place by
+        the CPU kernels (rewritten into the Hugging Face layout on a GPU, losslessly). A GGUF's Q8_0 tensors stay 8-bit whatever `weights` says: attention and
         unembedding as with `weights="int8"`, the embedding decoded row by row as it is looked up.
         `on_step` is told each step as it begins:
         "ops" (loads the C++ ops, compiled on a machine's first start) and "weights".
@@ -118,12 +118,16 @@ class Engine:
         ops.select_backend()
         on_step("weights")
         torch_device = _resolve_device(device)
+        ggml_experts: dict[str, torch.Tensor] = {}
         if source.kind == "gguf":
-            from engine.gguf_checkpoint import GGUFCheckpoint  # imports llama.cpp's gguf package
+            from engine.gguf_checkpoint import GGUFCheckpoint, hf_layout_experts  # imports llama.cpp's gguf
 
             checkpoint = GGUFCheckpoint([path.parent / name for name in source.files])
             config = checkpoint.config
-            tensors, q8_0 = checkpoint.read_weights()
+            tensors, q8_0, ggml_experts = checkpoint.read_weights()
+            if torch_device.type != "cpu":  # the GPU kernels read the Hugging Face layout
+                tensors.update(hf_layout_experts(ggml_experts, torch_device))
+                ggml_experts = {}
             source = replace(source, tensor_types=checkpoint.tensor_types)
         else:
             config = ModelConfig.from_file(path / "config.json")
@@ -137,6 +141,9 @@ class Engine:
             # Module names are the HF keys without their "model." prefix.
             state[name.removeprefix("model.")] = tensor.to(device=torch_device, dtype=target)
         model = Transformer(config, compute_dtype)
+        if ggml_experts:  # read in place by the CPU kernels (engine.model.GgmlMLPExperts)
+            model.use_ggml_experts_()
+            state.update({name.removeprefix("model."): tensor for name, tensor in ggml_experts.items()})
         q8_modules = {name.removeprefix("model.").removesuffix(".weight"): blocks for name, blocks in q8_0.items()}
         model.use_q8_0_(q8_modules)
         for module, blocks in q8_modules.items():

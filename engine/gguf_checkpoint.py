@@ -4,11 +4,14 @@ llama.cpp's own `gguf` package parses the files; this module maps their metadata
 their tensors onto `engine.weights.canonical_specs`, with one name table (llama.cpp's names come from
 gguf's `TENSOR_NAMES`):
 
-- MXFP4 experts are repacked, losslessly, once per file into the cache (`engine.gguf_experts`). ggml's `block_mxfp4` is an E8M0 scale byte, then 16 bytes
-  whose byte j holds element j (low nibble) and element j+16 (high nibble); the engine's blocks hold
-  elements 2k and 2k+1 in byte k, with the scales apart. ggml's doubled value table times its halved
-  scale 2^(e−128) is FP4 × 2^(e−127), so the nibbles and scale bytes carry over unchanged. llama.cpp
-  splits the interleaved gate/up rows into two tensors; they are interleaved again (rows 2i, 2i+1).
+- MXFP4 experts stay as the file stores them, views of the mapped file, which the CPU kernels read in
+  place (`ops.moe_mxfp4_ggml`). ggml's `block_mxfp4` is an E8M0 scale byte, then 16 bytes whose byte j
+  holds element j (low nibble) and element j+16 (high nibble); Hugging Face blocks hold elements 2k
+  and 2k+1 in byte k, with the scales apart. ggml's doubled value table times its halved scale
+  2^(e−128) is FP4 × 2^(e−127), so the nibbles and scale bytes mean the same. llama.cpp splits the
+  interleaved gate/up rows into two tensors (and their biases, which are interleaved again here: they
+  are small). For a GPU, whose kernels read the Hugging Face layout, `hf_layout_experts` rewrites
+  the blocks on the device after the copy there.
 - F32, F16 and BF16 tensors are views of the memory-mapped files, as safetensors shards are.
 - Dense tensors in Q8_0 are handed over as ggml's blocks, for the model's Q8_0 modules.
 
@@ -33,8 +36,7 @@ from gguf import MODEL_TENSOR, GGMLQuantizationType, GGUFValueType, Keys
 from engine import o200k
 from engine.checkpoint import CheckpointError, map_file, mapped_tensor
 from engine.config import FULL, SLIDING, ConfigError, ModelConfig, YarnScaling, alternating_layer_types
-from engine.gguf_experts import cached_experts
-from engine.int8 import GGML_Q8_0_BYTES, Q8_BLOCK, drop_pages
+from engine.int8 import GGML_Q8_0_BYTES, Q8_BLOCK
 from engine.tokenizer import TokenizerError
 from engine.weights import canonical_specs
 
@@ -151,11 +153,11 @@ class GGUFCheckpoint:
         self._storages: dict[Path, torch.UntypedStorage] = {}
         logger.info("%s: %d tensors, by type %s", self.files[0].name, len(self.tensors), self.tensor_types)
 
-    def read_weights(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """All model tensors under canonical names (engine.weights), in two parts: the dense tensors stored
-        in Q8_0, as ggml's blocks uint8 [rows, in/32, 34], and everything else as the engine holds it
-        (float tensors as views of the mapped files; MXFP4 experts repacked, as views of the mapped
-        cache files).
+    def read_weights(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """All model tensors, as views of the mapped files, in three parts: under canonical names
+        (engine.weights), the float tensors and the dense tensors stored in Q8_0 (ggml's blocks uint8
+        [rows, in/32, 34]); and the MXFP4 experts as ggml's blocks uint8 [E, rows, in/32, 17], under
+        the names of `engine.model.GgmlMLPExperts`' buffers ("model.layers.N.mlp.experts.gate_blocks").
 
         Raises:
             CheckpointError: one message listing every missing, unexpected or mis-shaped tensor and
@@ -167,6 +169,7 @@ class GGUFCheckpoint:
         self._check_complete(_expected(config, fused))
         tensors: dict[str, torch.Tensor] = {}
         q8_0: dict[str, torch.Tensor] = {}
+        experts: dict[str, torch.Tensor] = {}
 
         def take(canonical: str, name: str, rows: tuple[int, int] | None = None) -> None:
             tensor = self._get(name)
@@ -189,29 +192,10 @@ class GGUFCheckpoint:
             up_bias = self._get(gguf_name(MODEL_TENSOR.FFN_UP_EXP, "bias", n))
             # Unit i's gate and up outputs are rows 2i and 2i+1 of gate_up.
             tensors[prefix + "mlp.experts.gate_up_proj_bias"] = torch.stack((gate_bias, up_bias), dim=-1).flatten(1)
-        tensors.update(cached_experts(self.files, config.num_hidden_layers, self._repacked_experts))
-        return tensors, q8_0
-
-    def _repacked_experts(self, n: int) -> dict[str, torch.Tensor]:
-        """Layer n's expert blocks and scales in the engine's layout, in memory."""
-        E, D, I = self.config.num_local_experts, self.config.hidden_size, self.config.intermediate_size
-        prefix = f"model.layers.{n}."
-        gate_up_blocks = torch.empty(E, 2 * I, D // 32, 16, dtype=torch.uint8)
-        gate_up_scales = torch.empty(E, 2 * I, D // 32, dtype=torch.uint8)
-        down_blocks = torch.empty(E, D, I // 32, 16, dtype=torch.uint8)
-        down_scales = torch.empty(E, D, I // 32, dtype=torch.uint8)
-        # Rows 2i are gate unit i, rows 2i+1 up unit i (the strided outputs interleave them).
-        _repack_mxfp4(self._get(gguf_name(MODEL_TENSOR.FFN_GATE_EXP, "weight", n)), gate_up_blocks[:, 0::2],
-                      gate_up_scales[:, 0::2])
-        _repack_mxfp4(self._get(gguf_name(MODEL_TENSOR.FFN_UP_EXP, "weight", n)), gate_up_blocks[:, 1::2],
-                      gate_up_scales[:, 1::2])
-        _repack_mxfp4(self._get(gguf_name(MODEL_TENSOR.FFN_DOWN_EXP, "weight", n)), down_blocks, down_scales)
-        return {
-            prefix + "mlp.experts.gate_up_proj_blocks": gate_up_blocks,
-            prefix + "mlp.experts.gate_up_proj_scales": gate_up_scales,
-            prefix + "mlp.experts.down_proj_blocks": down_blocks,
-            prefix + "mlp.experts.down_proj_scales": down_scales,
-        }
+            for buffer, tensor in (("gate_blocks", MODEL_TENSOR.FFN_GATE_EXP), ("up_blocks", MODEL_TENSOR.FFN_UP_EXP),
+                                   ("down_blocks", MODEL_TENSOR.FFN_DOWN_EXP)):
+                experts[prefix + "mlp.experts." + buffer] = self._get(gguf_name(tensor, "weight", n))
+        return tensors, q8_0, experts
 
     def _get(self, name: str) -> torch.Tensor:
         """A tensor as a view of its mapped file: float types as themselves, block types as their bytes
@@ -276,21 +260,25 @@ def _expected(config: ModelConfig, fused_qkv: set[int]) -> dict[str, _Expected]:
     return expected
 
 
-def _repack_mxfp4(ggml: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor) -> None:
-    """ggml's block_mxfp4 bytes [E, R, nb, 17] -> the engine's blocks [E, R, nb, 16] and E8M0 scales
-    [E, R, nb] (written into the given, possibly strided, outputs); then gives the file pages back.
-    In numpy, whose uint8 bit operations run several times faster than torch's here."""
-    source, blocks_out, scales_out = ggml.numpy(), blocks.numpy(), scales.numpy()  # views, no copies
-    for e in range(len(source)):  # an expert at a time bounds the temporaries
-        block = source[e]
-        scales_out[e] = block[..., 0]
-        qs = block[..., 1:]                       # byte j: element j (low nibble), element j+16 (high)
-        even, odd = qs[..., 0::2], qs[..., 1::2]  # bytes 2m and 2m+1
-        # Engine byte k holds elements 2k (low nibble) and 2k+1 (high): for k < 8 those are the low
-        # nibbles of ggml bytes 2k and 2k+1, for k >= 8 the high nibbles of bytes 2(k-8) and 2(k-8)+1.
-        np.bitwise_or(even & 0x0F, odd << 4, out=blocks_out[e, ..., :8])
-        np.bitwise_or(even >> 4, odd & 0xF0, out=blocks_out[e, ..., 8:])
-    drop_pages(ggml)
+def hf_layout_experts(experts: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """read_weights' experts -> `engine.model.MLPExperts`' blocks and scales (gate/up rows interleaved:
+    row 2i gate unit i, row 2i+1 up unit i) on device, for kernels that read the Hugging Face layout
+    (CUDA). Each tensor is copied to the device as it is and rewritten there, a layer at a time."""
+    out = {}
+    for name in [n for n in experts if n.endswith(".gate_blocks")]:
+        prefix = name.removesuffix("gate_blocks")
+        gate, up, down = (_hf_blocks(experts[prefix + part].to(device)) for part in ("gate_blocks", "up_blocks",
+                                                                                     "down_blocks"))
+        out[prefix + "gate_up_proj_blocks"] = torch.stack((gate[0], up[0]), dim=2).flatten(1, 2)  # [E, 2I, nb, 16]
+        out[prefix + "gate_up_proj_scales"] = torch.stack((gate[1], up[1]), dim=2).flatten(1, 2)  # [E, 2I, nb]
+        out[prefix + "down_proj_blocks"], out[prefix + "down_proj_scales"] = down
+    return out
+
+
+def _hf_blocks(ggml: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ggml's MXFP4 blocks [..., nb, 17] -> Hugging Face blocks [..., nb, 16] and scales [..., nb]."""
+    nibbles = torch.cat((ggml[..., 1:] & 0x0F, ggml[..., 1:] >> 4), dim=-1)  # [..., nb, 32], element order
+    return nibbles[..., 0::2] | (nibbles[..., 1::2] << 4), ggml[..., 0].contiguous()
 
 
 def model_config(metadata: dict[str, Any], vocab_size: int) -> ModelConfig:

@@ -168,6 +168,25 @@ class MLPExperts(nn.Module):
                              self.alpha, self.limit)
 
 
+class GgmlMLPExperts(nn.Module):
+    """MLPExperts over a GGUF's experts as the file stores them (memory-mapped, never repacked): ggml's
+    MXFP4 blocks of 17 bytes, gate and up as two matrices (ops.moe_mxfp4_ggml; CPU only)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        E, D, I = config.num_local_experts, config.hidden_size, config.intermediate_size
+        self.alpha, self.limit = config.swiglu_alpha, config.swiglu_limit
+        _buffer(self, "gate_blocks", E, I, D // 32, 17, dtype=torch.uint8)
+        _buffer(self, "up_blocks", E, I, D // 32, 17, dtype=torch.uint8)
+        _buffer(self, "gate_up_proj_bias", E, 2 * I)  # interleaved, as MLPExperts'
+        _buffer(self, "down_blocks", E, D, I // 32, 17, dtype=torch.uint8)
+        _buffer(self, "down_proj_bias", E, D)
+
+    def forward(self, x: torch.Tensor, expert_ids: torch.Tensor, expert_weights: torch.Tensor) -> torch.Tensor:
+        return ops.moe_mxfp4_ggml(x, expert_ids, expert_weights, self.gate_blocks, self.up_blocks,
+                                  self.gate_up_proj_bias, self.down_blocks, self.down_proj_bias, self.alpha, self.limit)
+
+
 class MoEBlock(nn.Module):
     def __init__(self, config: ModelConfig, dtype: torch.dtype):
         super().__init__()
@@ -261,6 +280,11 @@ class Transformer(nn.Module):
             else:
                 out_features, in_features = dense.weight.shape
                 setattr(owner, attribute, Q8Linear(in_features, out_features, bias=dense.bias is not None))
+
+    def use_ggml_experts_(self) -> None:
+        """Before loading: every layer's experts take ggml's blocks as a GGUF stores them (GgmlMLPExperts)."""
+        for layer in self.layers:
+            layer.mlp.experts = GgmlMLPExperts(self.config)
 
     def forward(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Runs ids [B, T] after the cached context; returns final-normed hidden states [B, T, D] float32."""

@@ -96,14 +96,48 @@ const ChunkLayout& layout() {
   return l;
 }
 
-// One expert-stacked MXFP4 matrix [E, rows, nb, 16] with scales [E, rows, nb].
+// One expert-stacked MXFP4 matrix of `rows` rows of nb blocks per expert, in either layout (mxfp4.h):
+// the Hugging Face one (blocks [E, rows, nb, 16], scales [E, rows, nb]) or ggml's ([E, rows, nb, 17],
+// `scales` pointing at the first scale byte and `blocks` one byte after it). When `odd_blocks` is set,
+// the odd rows come from a second matrix of the same layout (ggml's up rows beside its gate rows: row
+// 2i is gate row i, row 2i + 1 up row i, as in the interleaved Hugging Face gate_up).
 struct Mxfp4Matrix {
   const uint8_t* blocks;
   const uint8_t* scales;
   int64_t rows, nb;
-  const uint8_t* row_blocks(int64_t e, int64_t r) const { return blocks + (e * rows + r) * nb * kMxfp4BlockBytes; }
-  const uint8_t* row_scales(int64_t e, int64_t r) const { return scales + (e * rows + r) * nb; }
+  Mxfp4Strides stride = kHfStrides;
+  const uint8_t* odd_blocks = nullptr;
+  const uint8_t* odd_scales = nullptr;
+
+  // (matrix, row within it) of logical row r of expert e
+  int64_t stored_row(int64_t e, int64_t r) const { return odd_blocks ? e * (rows / 2) + r / 2 : e * rows + r; }
+  bool from_odd(int64_t r) const { return odd_blocks && (r & 1); }
+  const uint8_t* row_blocks(int64_t e, int64_t r) const {
+    return (from_odd(r) ? odd_blocks : blocks) + stored_row(e, r) * nb * stride.block;
+  }
+  const uint8_t* row_scales(int64_t e, int64_t r) const {
+    return (from_odd(r) ? odd_scales : scales) + stored_row(e, r) * nb * stride.scale;
+  }
+  bool ggml() const { return stride.block != kMxfp4BlockBytes; }
+
+  // f(r) for rows [r0, r1) (r0 even) in memory order: with the odd rows apart, the even ones first, so
+  // that each matrix is read at one stride (which the hardware prefetcher follows).
+  template <typename F>
+  void for_rows(int64_t r0, int64_t r1, F&& f) const {
+    const int64_t step = odd_blocks ? 2 : 1;
+    for (int64_t first = r0; first < r0 + step; ++first)
+      for (int64_t r = first; r < r1; r += step) f(r);
+  }
 };
+
+// Calls f(HfBlocks{}) or f(GgmlBlocks{}): w's layout as a type, for the kernels' compile-time strides.
+template <typename F>
+inline void with_layout(const Mxfp4Matrix& w, F&& f) {
+  if (w.ggml())
+    f(GgmlBlocks{});
+  else
+    f(HfBlocks{});
+}
 
 #if GPTOSS_AVX2
 
@@ -122,10 +156,14 @@ struct Fp4Decoder {
   const __m256i nibble = _mm256_set1_epi8(0x0F);
   const __m256i top_half = _mm256_set1_epi32(int32_t(0xFFFF0000u));
 
-  // The chunk at q: both blocks, or (last block of an odd row) one block and zeros.
+  // The chunk at q (blocks L::kBlock bytes apart): both blocks, or (last block of an odd row) one
+  // block and zeros.
+  template <typename L>
   static __m256i load(const uint8_t* q, bool two_blocks) {
-    return two_blocks ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q))
-                      : _mm256_set_m128i(_mm_setzero_si128(), _mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
+    if (!two_blocks) return _mm256_set_m128i(_mm_setzero_si128(), _mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
+    if constexpr (L::kBlock == kMxfp4BlockBytes) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+    return _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + L::kBlock)),
+                            _mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
   }
 
   // Calls use(v, values) for v = 0..7 in this order; values holds element kBase[v] + 4l of block h
@@ -172,57 +210,69 @@ inline __m256 pair_multiplier(__m256 mult, int64_t c) {
   return _mm256_permutevar8x32_ps(mult, _mm256_load_si256(reinterpret_cast<const __m256i*>(kIndex[c / 2])));
 }
 
+// The same for ggml's blocks, from the scale bytes beside them (block b, and b + 1 if there is one): a
+// scalar read of bytes the chunk's own loads bring in, where gathering eight scales at a stride would
+// wait on three cache lines at once.
+inline __m256 pair_multiplier_beside(const uint8_t* sc, int64_t b, int64_t stride, bool two_blocks) {
+  const int32_t lo = std::max<int32_t>(int32_t{sc[b * stride]} << 23, 0x00400000);
+  const int32_t hi = two_blocks ? std::max<int32_t>(int32_t{sc[(b + 1) * stride]} << 23, 0x00400000) : 0x00400000;
+  return _mm256_castsi256_ps(_mm256_set_m128i(_mm_set1_epi32(hi), _mm_set1_epi32(lo)));
+}
+
+// Calls chunk(b, multipliers of b and b + 1, whether b + 1 exists) for the chunks of blocks [b0, b1), b0 even.
+template <typename L, typename Chunk>
+inline void for_chunks(const uint8_t* sc, int64_t b0, int64_t b1, Chunk&& chunk) {
+  for (int64_t b = b0; b < b1; b += 8) {
+    const int64_t n = std::min<int64_t>(8, b1 - b);
+    if constexpr (L::kScale == 1) {
+      const __m256 mult = block_multipliers(sc + b, n);
+      for (int64_t c = 0; c < n; c += 2) chunk(b + c, pair_multiplier(mult, c), c + 1 < n);
+    } else {
+      for (int64_t c = 0; c < n; c += 2) chunk(b + c, pair_multiplier_beside(sc, b + c, L::kScale, c + 1 < n), c + 1 < n);
+    }
+  }
+}
+
 // Few tokens (decode): acc[t] (8 lanes, in memory) += Σ over blocks [b0, b1) of the row of
 // (Σ_block value·x_t)·2^(s-127). The weights never leave registers. b0 is even; x[t] is token t's
 // row in the chunk layout (zero padded to whole chunks).
-template <int MT>
-inline void row_dot(const uint8_t* blk, const uint8_t* sc, int64_t b0, int64_t b1, const float* const* x,
-                    float* accp) {
+template <int MT, typename L>
+inline void row_dot(const uint8_t* blk, const uint8_t* sc, int64_t b0, int64_t b1, const float* const* x, float* accp) {
   const Fp4Decoder decode;
   __m256 acc[MT];
   for (int t = 0; t < MT; ++t) acc[t] = _mm256_loadu_ps(accp + t * 8);
-  auto chunk = [&](int64_t b, int64_t c, __m256 mult, bool two_blocks) {
-    const __m256 s = pair_multiplier(mult, c);
-    const int64_t off = (b + c) * kMxfp4Block;
+  for_chunks<L>(sc, b0, b1, [&](int64_t b, __m256 s, bool two_blocks) {
+    const int64_t off = b * kMxfp4Block;
     __m256 p[2][MT];  // two chains per token: even and odd output vectors
-    decode(Fp4Decoder::load(blk + (b + c) * kMxfp4BlockBytes, two_blocks), [&](int k, __m256 f) {
+    decode(Fp4Decoder::load<L>(blk + b * L::kBlock, two_blocks), [&](int k, __m256 f) {
       for (int t = 0; t < MT; ++t) {
         const __m256 xv = _mm256_loadu_ps(x[t] + off + 8 * k);
         p[k & 1][t] = k < 2 ? _mm256_mul_ps(f, xv) : _mm256_fmadd_ps(f, xv, p[k & 1][t]);
       }
     });
     for (int t = 0; t < MT; ++t) acc[t] = _mm256_fmadd_ps(_mm256_add_ps(p[0][t], p[1][t]), s, acc[t]);
-  };
-  for (int64_t b = b0; b < b1; b += 8) {
-    const int64_t n = std::min<int64_t>(8, b1 - b);
-    const __m256 mult = block_multipliers(sc + b, n);
-    for (int64_t c = 0; c < n; c += 2) chunk(b, c, mult, c + 1 < n);
-  }
+  });
   for (int t = 0; t < MT; ++t) _mm256_storeu_ps(accp + t * 8, acc[t]);
 }
 
 inline float lanes_sum(const float* acc) { return hsum(_mm256_loadu_ps(acc)); }
 
 // Many tokens (prefill): blocks [b0, b1) of one row, scaled, as float32 in the chunk layout.
+template <typename L>
 inline void decode_row(const uint8_t* blk, const uint8_t* sc, int64_t b0, int64_t b1, float* out) {
   const Fp4Decoder decode;
-  auto chunk = [&](int64_t b, int64_t c, __m256 mult, bool two_blocks) {
-    const __m256 s = pair_multiplier(mult, c);
-    float* o = out + (b - b0 + c) * kMxfp4Block;
-    decode(Fp4Decoder::load(blk + (b + c) * kMxfp4BlockBytes, two_blocks),
+  for_chunks<L>(sc, b0, b1, [&](int64_t b, __m256 s, bool two_blocks) {
+    float* o = out + (b - b0) * kMxfp4Block;
+    decode(Fp4Decoder::load<L>(blk + b * L::kBlock, two_blocks),
            [&](int k, __m256 f) { _mm256_storeu_ps(o + 8 * k, _mm256_mul_ps(f, s)); });
-  };
-  for (int64_t b = b0; b < b1; b += 8) {
-    const int64_t n = std::min<int64_t>(8, b1 - b);
-    const __m256 mult = block_multipliers(sc + b, n);
-    for (int64_t c = 0; c < n; c += 2) chunk(b, c, mult, c + 1 < n);
-  }
+  });
 }
 
 // acc[r][t] (8 lanes each, row stride acc_stride) += w_r · x_t over kc values: 4 rows × TT tokens in
-// registers, 12 multiply-adds per 7 loads at TT = 3.
+// registers, 12 multiply-adds per 7 loads at TT = 3. Kept out of line: inlined into tile_product_gemm,
+// GCC 12 compiled the caller ~10% slower (prefill of a 20b layer, 64 tokens).
 template <int TT>
-inline void gemm_4xt(const float* w, int64_t ws, const float* const* x, int64_t koff, int64_t kc, float* acc,
+__attribute__((noinline)) void gemm_4xt(const float* w, int64_t ws, const float* const* x, int64_t koff, int64_t kc, float* acc,
                      int64_t acc_stride) {
   __m256 a[4][TT];
   for (int r = 0; r < 4; ++r)
@@ -247,16 +297,27 @@ struct GemmScratch {
   std::vector<float> acc;      // [kRowTile, m, 8]
 };
 
+// Share `step` of `steps` of the bytes [start, start + bytes), into L2.
+inline void prefetch_share(const uint8_t* start, int64_t bytes, int64_t step, int64_t steps) {
+  const int64_t share = (bytes + steps - 1) / steps;
+  for (int64_t i = step * share; i < std::min(bytes, (step + 1) * share); i += 64)
+    prefetch_l2(start + i);
+}
+
 // Rows are read in K-step slices, a pattern the hardware prefetcher does not follow: fetches the next
-// tile (the `rows` rows from r1, contiguous after this one) into L2, a share of it per K-step.
+// tile (the `rows` rows from r1, an even row) into L2, a share of it per K-step: its blocks and its
+// scales (Hugging Face layout), its rows (ggml), or its gate rows and its up rows (ggml, up apart).
 inline void prefetch_next_tile(const Mxfp4Matrix& w, int64_t e, int64_t r1, int64_t rows, int64_t step, int64_t steps) {
   if (r1 + rows > w.rows) return;
-  const int64_t bytes = rows * w.nb * kMxfp4BlockBytes, share = (bytes + steps - 1) / steps;
-  const char* next = reinterpret_cast<const char*>(w.row_blocks(e, r1));
-  for (int64_t i = step * share; i < std::min(bytes, (step + 1) * share); i += 64) _mm_prefetch(next + i, _MM_HINT_T1);
-  const char* next_scales = reinterpret_cast<const char*>(w.row_scales(e, r1));
-  if (step == 0)
-    for (int64_t i = 0; i < rows * w.nb; i += 64) _mm_prefetch(next_scales + i, _MM_HINT_T1);
+  if (!w.ggml()) {
+    prefetch_share(w.row_blocks(e, r1), rows * w.nb * kMxfp4BlockBytes, step, steps);
+    prefetch_share(w.row_scales(e, r1), rows * w.nb, step, steps);
+  } else if (w.odd_blocks) {
+    prefetch_share(w.row_scales(e, r1), rows / 2 * w.nb * w.stride.block, step, steps);
+    prefetch_share(w.row_scales(e, r1 + 1), rows / 2 * w.nb * w.stride.block, step, steps);
+  } else {
+    prefetch_share(w.row_scales(e, r1), rows * w.nb * w.stride.block, step, steps);
+  }
 }
 
 // c[(r - r0)·m + t] = W[e][r]·x_t, rows [r0, r1) (r1 - r0 = kRowTile), m ≥ 1 tokens: each K-step of the
@@ -270,8 +331,11 @@ void tile_product_gemm(const Mxfp4Matrix& w, int64_t e, int64_t r0, int64_t r1, 
     const int64_t k1 = std::min(nb, k0 + kGemmStepBlocks);
     const int64_t kc = (k1 - k0 + 1) / 2 * kChunk;  // whole chunks: a lone last block is zero padded
     prefetch_next_tile(w, e, r1, rows, k0 / kGemmStepBlocks, (nb + kGemmStepBlocks - 1) / kGemmStepBlocks);
-    for (int64_t r = r0; r < r1; ++r)
-      decode_row(w.row_blocks(e, r), w.row_scales(e, r), k0, k1, s.weights.data() + (r - r0) * kc_max);
+    with_layout(w, [&](auto layout) {
+      w.for_rows(r0, r1, [&](int64_t r) {
+        decode_row<decltype(layout)>(w.row_blocks(e, r), w.row_scales(e, r), k0, k1, s.weights.data() + (r - r0) * kc_max);
+      });
+    });
     const int64_t koff = k0 * kMxfp4Block;
     for (int64_t t0 = 0; t0 < m; t0 += 3) {
       for (int64_t rg = 0; rg < rows; rg += 4) {
@@ -290,14 +354,13 @@ void tile_product_gemm(const Mxfp4Matrix& w, int64_t e, int64_t r0, int64_t r1, 
 
 #else  // portable scalar fallback: natural element order, one float accumulator per (row, token)
 
-template <int MT>
-inline void row_dot(const uint8_t* blk, const uint8_t* sc, int64_t b0, int64_t b1, const float* const* x,
-                    float* accp) {
+template <int MT, typename L>
+inline void row_dot(const uint8_t* blk, const uint8_t* sc, int64_t b0, int64_t b1, const float* const* x, float* accp) {
   float values[16];
   for (int i = 0; i < 16; ++i) values[i] = fp4_value(static_cast<uint8_t>(i));
   for (int64_t b = b0; b < b1; ++b) {
-    const float m = e8m0_multiplier(sc[b]);
-    const uint8_t* q = blk + b * kMxfp4BlockBytes;
+    const float m = e8m0_multiplier(sc[b * L::kScale]);
+    const uint8_t* q = blk + b * L::kBlock;
     for (int t = 0; t < MT; ++t) {
       const float* xb = x[t] + b * kMxfp4Block;
       float p = 0.0f;
@@ -323,8 +386,11 @@ void group_product(const Mxfp4Matrix& w, int64_t e, int64_t r0, int64_t r1, cons
                    int64_t t0, float* c, float* acc) {
   const int64_t rows = r1 - r0;
   std::fill(acc, acc + rows * MT * kLanes, 0.0f);
-  for (int64_t r = r0; r < r1; ++r)
-    row_dot<MT>(w.row_blocks(e, r), w.row_scales(e, r), 0, w.nb, x + t0, acc + (r - r0) * MT * kLanes);
+  with_layout(w, [&](auto layout) {
+    w.for_rows(r0, r1, [&](int64_t r) {
+      row_dot<MT, decltype(layout)>(w.row_blocks(e, r), w.row_scales(e, r), 0, w.nb, x + t0, acc + (r - r0) * MT * kLanes);
+    });
+  });
   for (int64_t r = 0; r < rows; ++r)
     for (int t = 0; t < MT; ++t) c[r * m + t0 + t] = lanes_sum(acc + (r * MT + t) * kLanes);
 }
@@ -338,7 +404,10 @@ struct Epilogue {
   bool act_bf16;
   const float* weights;  // [N·A], by pair
   int64_t A;
+  bool ggml;  // the weights are in ggml's layout: act element j is stored at ggml_position(j)
 };
+
+inline int64_t input_position(int64_t i, bool ggml) { return ggml ? ggml_position(i) : i; }
 
 inline float swiglu(float gate, float up, float alpha, float limit) {
   const float g = std::min(gate, limit);  // NaN stays NaN, as with torch.clamp
@@ -355,7 +424,7 @@ struct ScalarEpilogue {
       for (int64_t r = r0; r < r1; r += 2) {
         float v = swiglu(c[(r - r0) * m + t] + b1[r], c[(r + 1 - r0) * m + t] + b1[r + 1], ep.alpha, ep.limit);
         if (ep.act_bf16) v = static_cast<float>(c10::BFloat16(v));
-        Path::put(act + t * Iw, Ip, r / 2, v);
+        Path::put(act + t * Iw, Ip, input_position(r / 2, ep.ggml), v);
       }
     }
   }
@@ -475,11 +544,14 @@ struct Bf16Path : ScalarEpilogue<Bf16Path> {
           sc[k] = w.row_scales(e, r);
           out[k] = k < count ? c[k] + i * m + t0 : spare;
         }
-        switch (mt) {
-          case 1: moe_bf16::rows_dot<1, kStreams>(blk, sc, w.nb, xd, out, 1); break;
-          case 2: moe_bf16::rows_dot<2, kStreams>(blk, sc, w.nb, xd, out, 1); break;
-          default: moe_bf16::rows_dot<3, kStreams>(blk, sc, w.nb, xd, out, 1); break;
-        }
+        with_layout(w, [&](auto layout) {
+          using L = decltype(layout);
+          switch (mt) {
+            case 1: moe_bf16::rows_dot<1, kStreams, L>(blk, sc, w.nb, xd, out, 1); break;
+            case 2: moe_bf16::rows_dot<2, kStreams, L>(blk, sc, w.nb, xd, out, 1); break;
+            default: moe_bf16::rows_dot<3, kStreams, L>(blk, sc, w.nb, xd, out, 1); break;
+          }
+        });
       }
     }
   }
@@ -496,8 +568,12 @@ struct Bf16Path : ScalarEpilogue<Bf16Path> {
       const int64_t k1 = std::min(nb, k0 + kStepBlocks);
       const int64_t kc = (k1 - k0 + 1) / 2 * kChunk;  // whole chunks: a lone last block is zero padded
       prefetch_next_tile(w, e, r1, rows, k0 / kStepBlocks, (nb + kStepBlocks - 1) / kStepBlocks);
-      for (int64_t r = r0; r < r1; ++r)
-        moe_bf16::decode_scaled(w.row_blocks(e, r), w.row_scales(e, r), k0, k1, s.rows.data() + (r - r0) * kc_max);
+      with_layout(w, [&](auto layout) {
+        w.for_rows(r0, r1, [&](int64_t r) {
+          moe_bf16::decode_scaled<decltype(layout)>(w.row_blocks(e, r), w.row_scales(e, r), k0, k1,
+                                                    s.rows.data() + (r - r0) * kc_max);
+        });
+      });
       gemm_bf16::pack_panel(s.rows.data(), kc_max, rows, kc, 0, kc / 2, s.packed.data());
       for (int64_t t = 0; t < m; ++t) s.x[t] = x[t] + k0 * kMxfp4Block;
       gemm_bf16::panel_times_rows(s.packed.data(), kc / 2, s.x.data(), m, s.acc.data());
@@ -528,7 +604,7 @@ struct AmxPath : Bf16Path {
   static void store_act(const Epilogue& ep, const float* c, int64_t m, int64_t r0, int64_t r1, const float* b1,
                         uint16_t* act, int64_t Iw, int64_t Ip) {
     if (m < kAmxMinTokens) return Bf16Path::store_act(ep, c, m, r0, r1, b1, act, Iw, Ip);
-    moe_amx::store_act(c, m, b1 + r0, ep.alpha, ep.limit, act, Iw, r0 / 2);
+    moe_amx::store_act(c, m, b1 + r0, ep.alpha, ep.limit, act, Iw, r0 / 2, ep.ggml);
   }
 
   static void add_down(const Epilogue& ep, const float* c, int64_t m, int64_t r0, int64_t r1, const float* b2,
@@ -554,7 +630,11 @@ struct AmxPath : Bf16Path {
                            int64_t m, float* c, Scratch& s) {
     const int64_t tiles = k_tiles(w.nb), ldc = (m + amx::kTileTokens - 1) / amx::kTileTokens * amx::kTileTokens;
     s.a.resize(tiles * moe_amx::kATileWords);
-    for (int64_t r = r0; r < r1; ++r) moe_amx::decode_row(w.row_blocks(e, r), w.row_scales(e, r), w.nb, r - r0, s.a.data());
+    with_layout(w, [&](auto layout) {
+      w.for_rows(r0, r1, [&](int64_t r) {
+        moe_amx::decode_row<decltype(layout)>(w.row_blocks(e, r), w.row_scales(e, r), w.nb, r - r0, s.a.data());
+      });
+    });
     prefetch_next_tile(w, e, r1, kTileRows, 0, 1);  // into L2 while the tiles multiply
     s.tiles.ensure();
     s.c.resize(kTileRows * ldc);
@@ -566,14 +646,14 @@ struct AmxPath : Bf16Path {
 #endif
 
 // Copies rows of x (float32 or bf16) into the path's input rows (kCopies × width values each, width
-// the path's padded_width), zero padded.
+// the path's padded_width), zero padded; permuted within blocks for weights in ggml's layout.
 template <typename Path, typename T>
-void to_input_rows(const T* x, int64_t rows, int64_t dim, int64_t width, typename Path::Value* out) {
+void to_input_rows(const T* x, int64_t rows, int64_t dim, int64_t width, bool ggml, typename Path::Value* out) {
   at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(dim, 1)), [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       typename Path::Value* o = out + n * Path::kCopies * width;
       std::fill(o, o + Path::kCopies * width, typename Path::Value(0));
-      for (int64_t i = 0; i < dim; ++i) Path::put(o, width, i, static_cast<float>(x[n * dim + i]));
+      for (int64_t i = 0; i < dim; ++i) Path::put(o, width, input_position(i, ggml), static_cast<float>(x[n * dim + i]));
     }
   });
 }
@@ -609,7 +689,7 @@ struct Problem {
   int64_t N, A, D, I, E;
   const int64_t* ids;      // [N, A]
   const float* weights;    // [N, A]
-  Mxfp4Matrix w1, w2;      // [E, 2I, D/32, 16], [E, D, I/32, 16]
+  Mxfp4Matrix w1, w2;      // [E, 2I, D/32 blocks], [E, D, I/32 blocks], both in one layout
   const float* b1;         // [E, 2I]
   const float* b2;         // [E, D]
   float alpha, limit;
@@ -651,7 +731,7 @@ void moe_forward(const Problem& pb, const typename Path::Value* xc, float* out) 
   std::fill(out, out + N * D, 0.0f);
   if (P == 0) return;
 
-  const Epilogue ep{pb.alpha, pb.limit, pb.act_bf16, pb.weights, A};
+  const Epilogue ep{pb.alpha, pb.limit, pb.act_bf16, pb.weights, A, pb.w1.ggml()};
 
   // x rows of each pair, grouped by expert; act rows are simply the grouped pair index.
   std::vector<const Value*> x_rows(P), act_rows(P);
@@ -706,10 +786,10 @@ void moe_forward(const Problem& pb, const typename Path::Value* xc, float* out) 
 
 }  // namespace
 
-at::Tensor moe_mxfp4_cpu(const at::Tensor& x, const at::Tensor& expert_ids, const at::Tensor& expert_weights,
-                         const at::Tensor& w1_blocks, const at::Tensor& w1_scales, const at::Tensor& b1,
-                         const at::Tensor& w2_blocks, const at::Tensor& w2_scales, const at::Tensor& b2,
-                         double swiglu_alpha, double swiglu_limit) {
+namespace {
+
+void check_common(const at::Tensor& x, const at::Tensor& expert_ids, const at::Tensor& expert_weights,
+                  std::initializer_list<const at::Tensor*> weights, const at::Tensor& b1, const at::Tensor& b2) {
   GPTOSS_CHECK_DIM(x, 2);
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
               "x must be float32 or bfloat16, got ", x.scalar_type());
@@ -718,68 +798,55 @@ at::Tensor moe_mxfp4_cpu(const at::Tensor& x, const at::Tensor& expert_ids, cons
               "expert_ids must be int64 or int32, got ", expert_ids.scalar_type());
   GPTOSS_CHECK_DIM(expert_weights, 2);
   GPTOSS_CHECK_DTYPE(expert_weights, at::kFloat);
-  GPTOSS_CHECK_DIM(w1_blocks, 4);
-  GPTOSS_CHECK_DTYPE(w1_blocks, at::kByte);
-  GPTOSS_CHECK_DIM(w1_scales, 3);
-  GPTOSS_CHECK_DTYPE(w1_scales, at::kByte);
   GPTOSS_CHECK_DIM(b1, 2);
   GPTOSS_CHECK_DTYPE(b1, at::kFloat);
-  GPTOSS_CHECK_DIM(w2_blocks, 4);
-  GPTOSS_CHECK_DTYPE(w2_blocks, at::kByte);
-  GPTOSS_CHECK_DIM(w2_scales, 3);
-  GPTOSS_CHECK_DTYPE(w2_scales, at::kByte);
   GPTOSS_CHECK_DIM(b2, 2);
   GPTOSS_CHECK_DTYPE(b2, at::kFloat);
-  for (const at::Tensor* t : {&expert_ids, &expert_weights, &w1_blocks, &w1_scales, &b1, &w2_blocks, &w2_scales, &b2})
+  for (const at::Tensor* t : {&expert_ids, &expert_weights, &b1, &b2})
     TORCH_CHECK(t->device() == x.device(), "all moe_mxfp4 inputs must be on x's device (", x.device(), ")");
-
-  const int64_t N = x.size(0), D = x.size(1), A = expert_ids.size(1);
-  const int64_t E = w1_blocks.size(0), I2 = w1_blocks.size(1);
+  for (const at::Tensor* t : weights)
+    TORCH_CHECK(t->device() == x.device(), "all moe_mxfp4 inputs must be on x's device (", x.device(), ")");
+  const int64_t N = x.size(0), D = x.size(1);
   TORCH_CHECK(D % kMxfp4Block == 0, "x rows have ", D, " values, not a multiple of ", kMxfp4Block);
   TORCH_CHECK(expert_ids.size(0) == N, "expert_ids has ", expert_ids.size(0), " rows but x has ", N);
   TORCH_CHECK(expert_weights.sizes() == expert_ids.sizes(), "expert_weights has shape ", expert_weights.sizes(),
               " but expert_ids has shape ", expert_ids.sizes());
-  TORCH_CHECK(I2 % (2 * kMxfp4Block) == 0, "w1_blocks has ", I2, " rows, not twice a multiple of ", kMxfp4Block);
-  const int64_t I = I2 / 2;
-  TORCH_CHECK(w1_blocks.size(2) == D / kMxfp4Block && w1_blocks.size(3) == kMxfp4BlockBytes,
-              "w1_blocks must be [E, 2I, ", D / kMxfp4Block, ", 16] for x rows of ", D, ", got ", w1_blocks.sizes());
-  TORCH_CHECK(w1_scales.size(0) == E && w1_scales.size(1) == I2 && w1_scales.size(2) == D / kMxfp4Block,
-              "w1_scales must be ", w1_blocks.sizes().slice(0, 3), ", got ", w1_scales.sizes());
-  TORCH_CHECK(b1.size(0) == E && b1.size(1) == I2, "b1 must be [", E, ", ", I2, "], got ", b1.sizes());
-  TORCH_CHECK(w2_blocks.size(0) == E && w2_blocks.size(1) == D && w2_blocks.size(2) == I / kMxfp4Block &&
-                  w2_blocks.size(3) == kMxfp4BlockBytes,
-              "w2_blocks must be [", E, ", ", D, ", ", I / kMxfp4Block, ", 16], got ", w2_blocks.sizes());
-  TORCH_CHECK(w2_scales.size(0) == E && w2_scales.size(1) == D && w2_scales.size(2) == I / kMxfp4Block,
-              "w2_scales must be [", E, ", ", D, ", ", I / kMxfp4Block, "], got ", w2_scales.sizes());
-  TORCH_CHECK(b2.size(0) == E && b2.size(1) == D, "b2 must be [", E, ", ", D, "], got ", b2.sizes());
+}
 
+void check_biases(const at::Tensor& b1, const at::Tensor& b2, int64_t E, int64_t I2, int64_t D) {
+  TORCH_CHECK(b1.size(0) == E && b1.size(1) == I2, "b1 must be [", E, ", ", I2, "], got ", b1.sizes());
+  TORCH_CHECK(b2.size(0) == E && b2.size(1) == D, "b2 must be [", E, ", ", D, "], got ", b2.sizes());
+}
+
+// Checks the routing, fills in everything of pb but the weight matrices, runs the kernels of the CPU's
+// family and returns out [N, D] float32.
+at::Tensor run(Problem pb, const at::Tensor& x, const at::Tensor& expert_ids, const at::Tensor& expert_weights,
+               const at::Tensor& b1, const at::Tensor& b2, double swiglu_alpha, double swiglu_limit) {
+  const int64_t N = x.size(0), D = x.size(1), E = pb.E;
   const at::Tensor ids = expert_ids.to(at::kLong).contiguous();
   const int64_t* idp = ids.data_ptr<int64_t>();
   for (int64_t i = 0; i < ids.numel(); ++i)
     TORCH_CHECK(idp[i] >= 0 && idp[i] < E, "expert_ids must be in [0, ", E, "), got ", idp[i]);
 
   const at::Tensor xc = x.contiguous(), wc = expert_weights.contiguous();
-  const at::Tensor w1b = w1_blocks.contiguous(), w1s = w1_scales.contiguous(), b1c = b1.contiguous();
-  const at::Tensor w2b = w2_blocks.contiguous(), w2s = w2_scales.contiguous(), b2c = b2.contiguous();
+  const at::Tensor b1c = b1.contiguous(), b2c = b2.contiguous();
   at::Tensor out = at::empty({N, D}, x.options().dtype(at::kFloat));
 
-  Problem pb;
-  pb.N = N, pb.A = A, pb.D = D, pb.I = I, pb.E = E;
+  pb.N = N, pb.A = expert_ids.size(1), pb.D = D;
   pb.ids = idp;
   pb.weights = wc.data_ptr<float>();
-  pb.w1 = {w1b.data_ptr<uint8_t>(), w1s.data_ptr<uint8_t>(), I2, D / kMxfp4Block};
-  pb.w2 = {w2b.data_ptr<uint8_t>(), w2s.data_ptr<uint8_t>(), D, I / kMxfp4Block};
   pb.b1 = b1c.data_ptr<float>();
   pb.b2 = b2c.data_ptr<float>();
   pb.alpha = static_cast<float>(swiglu_alpha);
   pb.limit = static_cast<float>(swiglu_limit);
   pb.act_bf16 = x.scalar_type() == at::kBFloat16;
+  const bool ggml = pb.w1.ggml();
 
 #if GPTOSS_HAVE_AVX512_BF16_KERNELS
   if (pb.act_bf16 && avx512_bf16_enabled()) {
     const int64_t width = Bf16Path::padded_width(D);
     std::vector<uint16_t> x_rows(static_cast<size_t>(N) * Bf16Path::kCopies * width);
-    to_input_rows<Bf16Path>(xc.data_ptr<c10::BFloat16>(), N, D, width, x_rows.data());
+    to_input_rows<Bf16Path>(xc.data_ptr<c10::BFloat16>(), N, D, width, ggml, x_rows.data());
 #if GPTOSS_HAVE_AMX_KERNELS
     if (amx_enabled()) {
       moe_forward<AmxPath>(pb, x_rows.data(), out.data_ptr<float>());
@@ -792,13 +859,84 @@ at::Tensor moe_mxfp4_cpu(const at::Tensor& x, const at::Tensor& expert_ids, cons
 #endif
   std::vector<float> x_rows(static_cast<size_t>(N) * padded(D));
   if (pb.act_bf16)
-    to_input_rows<FloatPath>(xc.data_ptr<c10::BFloat16>(), N, D, padded(D), x_rows.data());
+    to_input_rows<FloatPath>(xc.data_ptr<c10::BFloat16>(), N, D, padded(D), ggml, x_rows.data());
   else
-    to_input_rows<FloatPath>(xc.data_ptr<float>(), N, D, padded(D), x_rows.data());
+    to_input_rows<FloatPath>(xc.data_ptr<float>(), N, D, padded(D), ggml, x_rows.data());
   moe_forward<FloatPath>(pb, x_rows.data(), out.data_ptr<float>());
   return out;
 }
 
+}  // namespace
+
+at::Tensor moe_mxfp4_cpu(const at::Tensor& x, const at::Tensor& expert_ids, const at::Tensor& expert_weights,
+                         const at::Tensor& w1_blocks, const at::Tensor& w1_scales, const at::Tensor& b1,
+                         const at::Tensor& w2_blocks, const at::Tensor& w2_scales, const at::Tensor& b2,
+                         double swiglu_alpha, double swiglu_limit) {
+  check_common(x, expert_ids, expert_weights, {&w1_blocks, &w1_scales, &w2_blocks, &w2_scales}, b1, b2);
+  GPTOSS_CHECK_DIM(w1_blocks, 4);
+  GPTOSS_CHECK_DTYPE(w1_blocks, at::kByte);
+  GPTOSS_CHECK_DIM(w1_scales, 3);
+  GPTOSS_CHECK_DTYPE(w1_scales, at::kByte);
+  GPTOSS_CHECK_DIM(w2_blocks, 4);
+  GPTOSS_CHECK_DTYPE(w2_blocks, at::kByte);
+  GPTOSS_CHECK_DIM(w2_scales, 3);
+  GPTOSS_CHECK_DTYPE(w2_scales, at::kByte);
+
+  const int64_t D = x.size(1), E = w1_blocks.size(0), I2 = w1_blocks.size(1);
+  TORCH_CHECK(I2 % (2 * kMxfp4Block) == 0, "w1_blocks has ", I2, " rows, not twice a multiple of ", kMxfp4Block);
+  const int64_t I = I2 / 2;
+  TORCH_CHECK(w1_blocks.size(2) == D / kMxfp4Block && w1_blocks.size(3) == kMxfp4BlockBytes,
+              "w1_blocks must be [E, 2I, ", D / kMxfp4Block, ", 16] for x rows of ", D, ", got ", w1_blocks.sizes());
+  TORCH_CHECK(w1_scales.size(0) == E && w1_scales.size(1) == I2 && w1_scales.size(2) == D / kMxfp4Block,
+              "w1_scales must be ", w1_blocks.sizes().slice(0, 3), ", got ", w1_scales.sizes());
+  TORCH_CHECK(w2_blocks.size(0) == E && w2_blocks.size(1) == D && w2_blocks.size(2) == I / kMxfp4Block &&
+                  w2_blocks.size(3) == kMxfp4BlockBytes,
+              "w2_blocks must be [", E, ", ", D, ", ", I / kMxfp4Block, ", 16], got ", w2_blocks.sizes());
+  TORCH_CHECK(w2_scales.size(0) == E && w2_scales.size(1) == D && w2_scales.size(2) == I / kMxfp4Block,
+              "w2_scales must be [", E, ", ", D, ", ", I / kMxfp4Block, "], got ", w2_scales.sizes());
+  check_biases(b1, b2, E, I2, D);
+
+  const at::Tensor w1b = w1_blocks.contiguous(), w1s = w1_scales.contiguous();
+  const at::Tensor w2b = w2_blocks.contiguous(), w2s = w2_scales.contiguous();
+  Problem pb;
+  pb.E = E, pb.I = I;
+  pb.w1 = {w1b.data_ptr<uint8_t>(), w1s.data_ptr<uint8_t>(), I2, D / kMxfp4Block};
+  pb.w2 = {w2b.data_ptr<uint8_t>(), w2s.data_ptr<uint8_t>(), D, I / kMxfp4Block};
+  return run(pb, x, expert_ids, expert_weights, b1, b2, swiglu_alpha, swiglu_limit);
+}
+
+at::Tensor moe_mxfp4_ggml_cpu(const at::Tensor& x, const at::Tensor& expert_ids, const at::Tensor& expert_weights,
+                              const at::Tensor& gate, const at::Tensor& up, const at::Tensor& b1,
+                              const at::Tensor& down, const at::Tensor& b2, double swiglu_alpha, double swiglu_limit) {
+  check_common(x, expert_ids, expert_weights, {&gate, &up, &down}, b1, b2);
+  for (const auto& [t, name] : {std::pair{&gate, "gate"}, std::pair{&up, "up"}, std::pair{&down, "down"}}) {
+    TORCH_CHECK(t->dim() == 4 && t->size(3) == kMxfp4BlockBytes + 1, name,
+                " must be ggml's MXFP4 blocks uint8 [E, rows, blocks, 17], got shape ", t->sizes());
+    TORCH_CHECK(t->scalar_type() == at::kByte, name, " must be uint8, got ", t->scalar_type());
+    // Read in place (they are the mapped file): no contiguous copy.
+    TORCH_CHECK(t->is_contiguous(), name, " must be contiguous (a GGUF tensor as mapped)");
+  }
+  const int64_t D = x.size(1), E = gate.size(0), I = gate.size(1);
+  TORCH_CHECK(I % kMxfp4Block == 0, "gate has ", I, " rows, not a multiple of ", kMxfp4Block);
+  TORCH_CHECK(gate.size(2) == D / kMxfp4Block, "gate must be [E, I, ", D / kMxfp4Block, ", 17] for x rows of ", D,
+              ", got ", gate.sizes());
+  TORCH_CHECK(up.sizes() == gate.sizes(), "up must have gate's shape ", gate.sizes(), ", got ", up.sizes());
+  TORCH_CHECK(down.size(0) == E && down.size(1) == D && down.size(2) == I / kMxfp4Block,
+              "down must be [", E, ", ", D, ", ", I / kMxfp4Block, ", 17], got ", down.sizes());
+  check_biases(b1, b2, E, 2 * I, D);
+
+  // Each block: its scale byte, then its 16 bytes of nibbles.
+  const uint8_t *g = gate.data_ptr<uint8_t>(), *u = up.data_ptr<uint8_t>(), *d = down.data_ptr<uint8_t>();
+  Problem pb;
+  pb.E = E, pb.I = I;
+  pb.w1 = {g + 1, g, 2 * I, D / kMxfp4Block, kGgmlStrides, u + 1, u};
+  pb.w2 = {d + 1, d, D, I / kMxfp4Block, kGgmlStrides};
+  return run(pb, x, expert_ids, expert_weights, b1, b2, swiglu_alpha, swiglu_limit);
+}
+
 }  // namespace gptoss
 
-TORCH_LIBRARY_IMPL(gptoss, CPU, m) { m.impl("moe_mxfp4", &gptoss::moe_mxfp4_cpu); }
+TORCH_LIBRARY_IMPL(gptoss, CPU, m) {
+  m.impl("moe_mxfp4", &gptoss::moe_mxfp4_cpu);
+  m.impl("moe_mxfp4_ggml", &gptoss::moe_mxfp4_ggml_cpu);
+}

@@ -20,6 +20,7 @@
 #include <cstdint>
 
 #include "../mxfp4.h"
+#include "moe_mxfp4_bf16.h"
 
 namespace gptoss {
 namespace moe_amx {
@@ -46,6 +47,7 @@ inline const ScaledFp4Table& scaled_fp4_table() {
 
 // Row r (0..31) of a 32-row tile: its nb blocks decoded and scaled into K tiles 0 .. 2·ceil(nb/2) - 1,
 // out[j·kATileWords + r·32 + slot]. A lone last block leaves the chunk's second half zero.
+template <typename L>
 GPTOSS_AMX inline void decode_row(const uint8_t* blk, const uint8_t* sc, int64_t nb, int64_t r, uint16_t* out) {
   const ScaledFp4Table& table = scaled_fp4_table();
   const __m512i block_bit = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(0x10), 1);
@@ -53,13 +55,10 @@ GPTOSS_AMX inline void decode_row(const uint8_t* blk, const uint8_t* sc, int64_t
   uint16_t* even = out + r * amx::kTileK;
   for (int64_t b = 0; b < nb; b += 2, even += 2 * kATileWords) {
     const bool two_blocks = b + 1 < nb;
-    const __m256i bytes = two_blocks ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + b * kMxfp4BlockBytes))
-                                     : _mm256_zextsi128_si256(_mm_loadu_si128(
-                                           reinterpret_cast<const __m128i*>(blk + b * kMxfp4BlockBytes)));
-    const __m512i words = _mm512_cvtepu8_epi16(bytes);
+    const __m512i words = _mm512_cvtepu8_epi16(moe_bf16::chunk_bytes<L>(blk + b * L::kBlock, two_blocks));
     const __m512i scaled = _mm512_inserti64x4(
-        _mm512_castsi256_si512(_mm256_load_si256(reinterpret_cast<const __m256i*>(table.value[sc[b]]))),
-        _mm256_load_si256(reinterpret_cast<const __m256i*>(table.value[two_blocks ? sc[b + 1] : 127])), 1);
+        _mm512_castsi256_si512(_mm256_load_si256(reinterpret_cast<const __m256i*>(table.value[sc[b * L::kScale]]))),
+        _mm256_load_si256(reinterpret_cast<const __m256i*>(table.value[two_blocks ? sc[(b + 1) * L::kScale] : 127])), 1);
     const __m512i lo = _mm512_ternarylogic_epi32(words, low_nibble, block_bit, 0xEA);  // (w & 0xF) | bit
     const __m512i hi = _mm512_or_si512(_mm512_srli_epi16(words, 4), block_bit);
     _mm512_storeu_si512(even, _mm512_permutexvar_epi16(lo, scaled));
@@ -110,9 +109,10 @@ inline __mmask16 first_lanes(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : s
 // b1 (its 32 entries): act[t·Iw + j0 + j] = bf16(swiglu(c[2j][t] + b1[2j], c[2j+1][t] + b1[2j+1])), the
 // element-order copy of the act rows only (the AMX second product reads nothing else). 16 tokens at
 // a time, transposed in registers so each token's 16 values are one store; bf16 rounding to nearest
-// even (subnormals to zero, which the tile multiply would read as zero anyway).
+// even (subnormals to zero, which the tile multiply would read as zero anyway). With weights in ggml's
+// layout, value j goes to ggml_position(j0 + j) instead (one store per value).
 GPTOSS_AMX inline void store_act(const float* c, int64_t m, const float* b1, float alpha, float limit, uint16_t* act,
-                                 int64_t Iw, int64_t j0) {
+                                 int64_t Iw, int64_t j0, bool ggml) {
   for (int64_t t0 = 0; t0 < m; t0 += 16) {
     const __mmask16 tokens = first_lanes(m - t0);
     __m512i v[16];
@@ -122,9 +122,17 @@ GPTOSS_AMX inline void store_act(const float* c, int64_t m, const float* b1, flo
       v[j] = _mm512_castps_si512(swiglu16(gate, up, alpha, limit));
     }
     gemm_bf16::transpose16x16(v);  // v[t]: the 16 values of token t0 + t
-    for (int64_t t = 0; t < std::min<int64_t>(16, m - t0); ++t)
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(act + (t0 + t) * Iw + j0),
-                          reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_castsi512_ps(v[t]))));
+    for (int64_t t = 0; t < std::min<int64_t>(16, m - t0); ++t) {
+      const __m256i words = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_castsi512_ps(v[t])));
+      uint16_t* row = act + (t0 + t) * Iw;
+      if (!ggml) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + j0), words);
+        continue;
+      }
+      alignas(32) uint16_t values[16];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(values), words);
+      for (int j = 0; j < 16; ++j) row[ggml_position(j0 + j)] = values[j];
+    }
   }
 }
 

@@ -58,10 +58,21 @@ struct Chunk {
   __m512i even, odd;  // bf16 values of the even / odd elements: block b's sixteen, then block b + 1's
 };
 
+// The 32 bytes of blocks b, b + 1 at q (L::kBlock bytes apart), or (last block of an odd row) one
+// block and zeros.
+template <typename L>
+GPTOSS_AVX512_BF16 inline __m256i chunk_bytes(const uint8_t* q, bool two_blocks) {
+  const __m128i first = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
+  if (!two_blocks) return _mm256_zextsi128_si256(first);
+  if constexpr (L::kBlock == kMxfp4BlockBytes) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+  return _mm256_inserti128_si256(_mm256_castsi128_si256(first),
+                                 _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + L::kBlock)), 1);
+}
+
 // The chunk at q: both blocks, or (last block of an odd row) one block and zeros.
+template <typename L>
 GPTOSS_AVX512_BF16 inline Chunk decode_chunk(const uint8_t* q, bool two_blocks, __m512i table) {
-  const __m256i bytes = two_blocks ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q))
-                                   : _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
+  const __m256i bytes = chunk_bytes<L>(q, two_blocks);
   const __m512i words = _mm512_cvtepu8_epi16(bytes);
   return {_mm512_permutexvar_epi16(words, table), _mm512_permutexvar_epi16(_mm512_srli_epi16(words, 4), table)};
 }
@@ -90,13 +101,40 @@ GPTOSS_AVX512_BF16 inline __m512 block_multipliers(const uint8_t* sc, int64_t n)
       _mm512_max_epi32(_mm512_slli_epi32(_mm512_cvtepu8_epi32(bytes), 23), _mm512_set1_epi32(0x00400000)));
 }
 
+// The same for `blocks` ≤ 4 of ggml's blocks (scale bytes `stride` apart), lanes 4L..4L+3 block L: read
+// beside each block, as the chunk's own loads bring them in (a gather at a stride would wait on several
+// cache lines at once).
+GPTOSS_AVX512_BF16 inline __m512 quad_multipliers_beside(const uint8_t* sc, int64_t stride, int64_t blocks) {
+  int32_t exponent[4] = {0, 0, 0, 0};
+  for (int64_t i = 0; i < blocks; ++i) exponent[i] = int32_t{sc[i * stride]} << 23;
+  const __m128i four = _mm_max_epi32(_mm_setr_epi32(exponent[0], exponent[1], exponent[2], exponent[3]),
+                                     _mm_set1_epi32(0x00400000));
+  return _mm512_castsi512_ps(_mm512_permutexvar_epi32(
+      _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3), _mm512_castsi128_si512(four)));
+}
+
+// The 64 bytes of `blocks` ≤ 4 blocks `stride` bytes apart, one per 128-bit lane (zeros for missing ones).
+GPTOSS_AVX512_BF16 inline __m512i strided_quad(const uint8_t* q, int64_t stride, int64_t blocks) {
+  __m512i v = _mm512_setzero_si512();
+  for (int64_t i = 0; i < blocks; ++i) {
+    const __m128i block = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + i * stride));
+    switch (i) {  // the lane is an immediate
+      case 0: v = _mm512_inserti32x4(v, block, 0); break;
+      case 1: v = _mm512_inserti32x4(v, block, 1); break;
+      case 2: v = _mm512_inserti32x4(v, block, 2); break;
+      default: v = _mm512_inserti32x4(v, block, 3); break;
+    }
+  }
+  return v;
+}
+
 // out[r][t·out_stride] = W_r · x_t for S rows W_r (blk[r], sc[r]: read in lockstep, one stream each)
 // and MT tokens over nb blocks; x[t] in the decode layout (quad_position), zero padded to whole quads.
 // Four blocks at a time, one per 128-bit lane: the 64 bytes are read as 16-bit words, each holding
 // four nibbles; vpermw turns nibble j of every word (after a shift by 4j: vpermw reads only the low
 // bits of an index) into bf16 values, and after four vdpbf16ps float32 lanes 4L..4L+3 hold block
 // L's sum, which meets its 2^(s-127) in one multiply-add.
-template <int MT, int S>
+template <int MT, int S, typename L>
 GPTOSS_AVX512_BF16 inline void rows_dot(const uint8_t* const* blk, const uint8_t* const* sc, int64_t nb,
                                         const uint16_t* const* x, float* const* out, int64_t out_stride) {
   const __m512i table = _mm512_load_si512(kFp4Bf16);
@@ -111,9 +149,11 @@ GPTOSS_AVX512_BF16 inline void rows_dot(const uint8_t* const* blk, const uint8_t
   for (int64_t b0 = 0; b0 < nb; b0 += 16) {
     const int64_t n = std::min<int64_t>(16, nb - b0);
     __m512 mult[S];
-    for (int r = 0; r < S; ++r) {
-      _mm_prefetch(reinterpret_cast<const char*>(sc[r] + b0) + kPrefetchBytes / kMxfp4BlockBytes, _MM_HINT_T0);
-      mult[r] = block_multipliers(sc[r] + b0, n);
+    if constexpr (L::kScale == 1) {  // (ggml's scales sit among the blocks, read with them below)
+      for (int r = 0; r < S; ++r) {
+        _mm_prefetch(reinterpret_cast<const char*>(sc[r] + b0) + kPrefetchBytes / kMxfp4BlockBytes, _MM_HINT_T0);
+        mult[r] = block_multipliers(sc[r] + b0, n);
+      }
     }
     for (int64_t q = 0; q < n; q += 4) {
       const int64_t blocks = std::min<int64_t>(4, n - q);
@@ -121,14 +161,22 @@ GPTOSS_AVX512_BF16 inline void rows_dot(const uint8_t* const* blk, const uint8_t
       const int64_t off = (b0 + q) * kMxfp4Block;
       const __m512i lanes = _mm512_load_si512(kLaneBlock[q / 4]);
       for (int r = 0; r < S; ++r) {
-        const uint8_t* quad = blk[r] + (b0 + q) * kMxfp4BlockBytes;
+        const uint8_t* quad = blk[r] + (b0 + q) * L::kBlock;
         _mm_prefetch(reinterpret_cast<const char*>(quad) + kPrefetchBytes, _MM_HINT_T0);
-        const __m512i words = _mm512_maskz_loadu_epi8(present, quad);
+        __m512i words;
+        if constexpr (L::kBlock == kMxfp4BlockBytes)
+          words = _mm512_maskz_loadu_epi8(present, quad);
+        else
+          words = strided_quad(quad, L::kBlock, blocks);
         const __m512i w0 = _mm512_permutexvar_epi16(words, table);  // elements 0, 4, 8, ... of each block
         const __m512i w1 = _mm512_permutexvar_epi16(_mm512_srli_epi16(words, 4), table);   // 1, 5, 9, ...
         const __m512i w2 = _mm512_permutexvar_epi16(_mm512_srli_epi16(words, 8), table);   // 2, 6, 10, ...
         const __m512i w3 = _mm512_permutexvar_epi16(_mm512_srli_epi16(words, 12), table);  // 3, 7, 11, ...
-        const __m512 s = _mm512_permutexvar_ps(lanes, mult[r]);
+        __m512 s;
+        if constexpr (L::kScale == 1)
+          s = _mm512_permutexvar_ps(lanes, mult[r]);
+        else
+          s = quad_multipliers_beside(sc[r] + (b0 + q) * L::kScale, L::kScale, blocks);
         for (int t = 0; t < MT; ++t) {
           const uint16_t* xq = x[t] + off;
           __m512 sum = dot_pairs(_mm512_setzero_ps(), w0, xq);
@@ -146,14 +194,15 @@ GPTOSS_AVX512_BF16 inline void rows_dot(const uint8_t* const* blk, const uint8_t
 
 // Blocks [b0, b1) of one row as bf16 words value·2^(s-127), in element order (zero padded to a whole
 // chunk), to out.
+template <typename L>
 GPTOSS_AVX512_BF16 inline void decode_scaled(const uint8_t* blk, const uint8_t* sc, int64_t b0, int64_t b1,
                                              uint16_t* out) {
   const __m512i table = _mm512_load_si512(kFp4Bf16);
   const __m512i magnitude = _mm512_set1_epi16(0x7FFF);
   for (int64_t b = b0; b < b1; b += 2) {
     const bool two_blocks = b + 1 < b1;
-    Chunk w = decode_chunk(blk + b * kMxfp4BlockBytes, two_blocks, table);
-    const int s0 = sc[b], s1 = two_blocks ? sc[b + 1] : 127;
+    Chunk w = decode_chunk<L>(blk + b * L::kBlock, two_blocks, table);
+    const int s0 = sc[b * L::kScale], s1 = two_blocks ? sc[(b + 1) * L::kScale] : 127;
     uint16_t* o = out + (b - b0) * kMxfp4Block;
     if (s0 >= 2 && s0 <= 252 && s1 >= 2 && s1 <= 252) {
       // FP4 magnitudes have bf16 exponents 126..129: adding s - 127 keeps them normal, so the

@@ -73,6 +73,10 @@ inline __m256 load_bf16x8(const c10::BFloat16* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
 }
 
+// A prefetch into L2 that the compiler keeps: GCC deletes a loop of _mm_prefetch calls and nothing
+// else as free of side effects (it did in moe_mxfp4.cpp's prefetch_next_tile).
+inline void prefetch_l2(const void* p) { asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p))); }
+
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));

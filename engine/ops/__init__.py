@@ -19,7 +19,7 @@ from engine.ops import reference
 logger = logging.getLogger(__name__)
 
 OP_NAMES = ("linear", "linear_q8", "quantize_q8_0", "rms_norm", "rope_", "sdpa_sinks", "sdpa_sinks_varlen", "mxfp4_dequantize",
-            "moe_mxfp4")
+            "moe_mxfp4", "moe_mxfp4_ggml")
 BACKENDS = ("reference", "extension")
 
 _active = ""

@@ -150,6 +150,11 @@ def moe_mxfp4(x, expert_ids, expert_weights, w1_blocks, w1_scales, b1, w2_blocks
                                               w2_blocks, w2_scales, b2, swiglu_alpha, swiglu_limit)
 
 
+def moe_mxfp4_ggml(x, expert_ids, expert_weights, gate, up, b1, down, b2, swiglu_alpha, swiglu_limit):
+    return torch.ops.gptoss.moe_mxfp4_ggml.default(x, expert_ids, expert_weights, gate, up, b1, down, b2,
+                                                   swiglu_alpha, swiglu_limit)
+
+
 def cpu_kernels(dtype: torch.dtype) -> str:
     """The CPU kernel family this build runs for dtype on this machine: "amx", "avx512_bf16", "avx2"
     or "portable" (GPTOSS_CPU_ISA caps it)."""
@@ -201,6 +206,10 @@ def _register_fakes() -> None:
     @register("gptoss::moe_mxfp4")
     def _(x, expert_ids, expert_weights, w1_blocks, w1_scales, b1, w2_blocks, w2_scales, b2, alpha, limit):
         return x.new_empty((x.shape[0], w2_blocks.shape[1]), dtype=torch.float32)
+
+    @register("gptoss::moe_mxfp4_ggml")
+    def _(x, expert_ids, expert_weights, gate, up, b1, down, b2, alpha, limit):
+        return x.new_empty((x.shape[0], down.shape[1]), dtype=torch.float32)
 
 
 def resolved_ops(names: tuple[str, ...]) -> dict[str, object]:

@@ -139,6 +139,20 @@ def mxfp4_dequantize(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dt
     return (values * multipliers).reshape(*blocks.shape[:-2], -1).to(dtype)
 
 
+def ggml_mxfp4_dequantize(blocks: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Decodes ggml's MXFP4 (GGUF files): blocks [..., nb, 17] uint8 -> [..., nb·32] in dtype.
+
+    Each block is its E8M0 scale byte, then 16 bytes whose byte j holds element j in its low nibble
+    and element j+16 in its high nibble. (ggml tabulates doubled FP4 values and halves the scale:
+    the same products as 2^(scale − 127) · FP4.)
+    """
+    lut = torch.tensor(FP4_VALUES, dtype=torch.float32, device=blocks.device)
+    nibbles = blocks[..., 1:]
+    values = torch.cat((lut[(nibbles & 0x0F).long()], lut[(nibbles >> 4).long()]), dim=-1)  # [..., nb, 32]
+    multipliers = torch.exp2(blocks[..., 0].float() - _E8M0_BIAS).unsqueeze(-1)
+    return (values * multipliers).reshape(*blocks.shape[:-2], -1).to(dtype)
+
+
 def swiglu(h: torch.Tensor, alpha: float, limit: float) -> torch.Tensor:
     """gpt-oss clamped SwiGLU on interleaved rows: [..., 2I] -> [..., I], in float32."""
     gate, up = h[..., 0::2].float(), h[..., 1::2].float()
@@ -167,6 +181,20 @@ def moe_mxfp4(x: torch.Tensor, expert_ids: torch.Tensor, expert_weights: torch.T
                lambda e: mxfp4_dequantize(w1_blocks[e], w1_scales[e], x.dtype), b1,  # [2I, D]
                lambda e: mxfp4_dequantize(w2_blocks[e], w2_scales[e], x.dtype), b2,  # [D, I]
                swiglu_alpha, swiglu_limit)
+
+
+def moe_mxfp4_ggml(x: torch.Tensor, expert_ids: torch.Tensor, expert_weights: torch.Tensor,
+                   gate: torch.Tensor, up: torch.Tensor, b1: torch.Tensor, down: torch.Tensor, b2: torch.Tensor,
+                   swiglu_alpha: float, swiglu_limit: float) -> torch.Tensor:
+    """moe_mxfp4 on a GGUF's experts as stored: ggml's MXFP4 blocks (ggml_mxfp4_dequantize) gate and
+    up [E, I, D/32, 17] (W1's rows 2i and 2i+1 are gate row i and up row i), down [E, D, I/32, 17];
+    b1 [E, 2I] gate/up interleaved, b2 [E, D]. Returns [N, D] float32."""
+    def w1_of(e: int) -> torch.Tensor:  # [2I, D]
+        rows = (ggml_mxfp4_dequantize(gate[e], x.dtype), ggml_mxfp4_dequantize(up[e], x.dtype))  # 2 × [I, D]
+        return torch.stack(rows, dim=1).flatten(0, 1)
+
+    return moe(x, expert_ids, expert_weights, w1_of, b1,
+               lambda e: ggml_mxfp4_dequantize(down[e], x.dtype), b2, swiglu_alpha, swiglu_limit)  # [D, I]
 
 
 def moe(x: torch.Tensor, expert_ids: torch.Tensor, expert_weights: torch.Tensor,

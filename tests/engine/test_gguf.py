@@ -5,7 +5,6 @@ tensor types and damaged files are refused with errors that name the file (and t
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import subprocess
@@ -18,10 +17,10 @@ import pytest
 import torch
 
 from engine import CheckpointError, Engine, TokenizerError, ops
-from engine.checkpoint import SafetensorsCheckpoint
+from engine.ops import reference as reference_ops
 from engine.config import ModelConfig
 from engine.presets import preset_config
-from engine.gguf_checkpoint import GGUFCheckpoint
+from engine.gguf_checkpoint import GGUFCheckpoint, hf_layout_experts
 from engine.int8 import dequantize_ggml_q8_0, dequantize_q8_0
 from engine.model import Q8Embedding
 from engine.model_source import resolve_model
@@ -127,25 +126,46 @@ def test_a_bf16_gguf_is_the_directorys_model(models, shape):
     gguf = Engine.load(models[f"{shape}/bf16"], dtype="float32")
     assert (gguf.source.kind, gguf.source.files) == ("gguf", [f"{shape}-bf16.gguf"])
     assert gguf.source.tensor_types["MXFP4"] == 3 * gguf.config.num_hidden_layers
-    # The repack of the MXFP4 experts (nibble order, gate/up rows interleaved again) is lossless, and
-    # bf16 and F32 values carry over: every weight is bit-identical.
+    # bf16 and F32 values carry over bit for bit; the MXFP4 experts stay in ggml's layout (read in place)
+    # and hold exactly the directory's values: the same nibbles and scale bytes, reordered.
     ours, theirs = gguf.model.state_dict(), directory.model.state_dict()
-    assert ours.keys() == theirs.keys()
-    for name in ours:
+    assert _without_expert_blocks(ours).keys() == _without_expert_blocks(theirs).keys()
+    for name in _without_expert_blocks(ours):
         assert ours[name].dtype == theirs[name].dtype and torch.equal(ours[name], theirs[name]), name
+    for n in range(gguf.config.num_hidden_layers):
+        prefix = f"layers.{n}.mlp.experts."
+        gate_up = reference_ops.mxfp4_dequantize(theirs[prefix + "gate_up_proj_blocks"],
+                                                 theirs[prefix + "gate_up_proj_scales"], torch.float32)
+        assert torch.equal(reference_ops.ggml_mxfp4_dequantize(ours[prefix + "gate_blocks"], torch.float32), gate_up[:, 0::2])
+        assert torch.equal(reference_ops.ggml_mxfp4_dequantize(ours[prefix + "up_blocks"], torch.float32), gate_up[:, 1::2])
+        down = reference_ops.mxfp4_dequantize(theirs[prefix + "down_proj_blocks"], theirs[prefix + "down_proj_scales"],
+                                              torch.float32)
+        assert torch.equal(reference_ops.ggml_mxfp4_dequantize(ours[prefix + "down_blocks"], torch.float32), down)
+    # For a GPU, the experts are rewritten into the directory's layout: the same bytes.
+    checkpoint = GGUFCheckpoint([models[f"{shape}/bf16"]])
+    rewritten = hf_layout_experts(checkpoint.read_weights()[2], torch.device("cpu"))
+    assert len(rewritten) == 4 * gguf.config.num_hidden_layers
+    for name, tensor in rewritten.items():
+        assert torch.equal(tensor, theirs[name.removeprefix("model.")]), name
     ids = token_ids(seed=31)
     reference = directory.logits(ids)
-    # Same weights, same float32 code: at most float32 reassociation noise, i.e. a few ulps of the
-    # largest logit (2^-23 ≈ 1.2e-7 relative each); in practice the logits are bit-identical.
+    # Same weights, same float32 arithmetic; the expert kernels sum each block's products in another
+    # order (the inputs are permuted to meet ggml's nibbles): float32 reassociation noise, a few ulps
+    # of the largest logit (2^-23 ≈ 1.2e-7 relative each).
+    assert ops.active_backend() == "extension"
     assert (gguf.logits(ids) - reference).abs().max().item() <= 1e-6 * reference.abs().max().item()
     if shape == "tiny":
         # no tokenizer.json: the vocabulary was checked, the bundled o200k ranks serve
         assert gguf.tokenizer.encode("Hello world") == [13225, 2375]
         assert gguf.tokenizer.decode([13225, 2375, 200006]) == "Hello world<|start|>"
         # and weights="int8" quantizes a GGUF's bf16 tensors as it does the directory's
-        ours = Engine.load(models[f"{shape}/bf16"], dtype="float32", weights="int8").model.state_dict()
-        theirs = Engine.load(models[shape], dtype="float32", weights="int8").model.state_dict()
+        ours = _without_expert_blocks(Engine.load(models[f"{shape}/bf16"], dtype="float32", weights="int8").model.state_dict())
+        theirs = _without_expert_blocks(Engine.load(models[shape], dtype="float32", weights="int8").model.state_dict())
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[name], theirs[name]) for name in ours)
+
+
+def _without_expert_blocks(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: t for name, t in state.items() if not ("experts." in name and name.endswith(("blocks", "scales")))}
 
 
 def _fidelity(reference: torch.Tensor, logits: torch.Tensor) -> tuple[float, float, float]:
@@ -160,7 +180,8 @@ def test_a_q8_0_gguf_is_the_int8_mode_with_a_q8_0_embedding(models, shape):
     gguf = Engine.load(models[f"{shape}/q8_0"], dtype="float32")
     int8 = Engine.load(models[shape], dtype="float32", weights="int8")
     assert gguf.source.tensor_types.get("F16", 0) == F16_FALLBACKS[shape]
-    ours, theirs = gguf.model.state_dict(), int8.model.state_dict()
+    # (the experts as in the bf16 test above: the same values in ggml's layout)
+    ours, theirs = _without_expert_blocks(gguf.model.state_dict()), _without_expert_blocks(int8.model.state_dict())
     assert ours.keys() - theirs.keys() == {"embed_tokens.blocks"}
     assert theirs.keys() - ours.keys() == {"embed_tokens.weight"}
     assert isinstance(gguf.model.embed_tokens, Q8Embedding)  # the table stays 8-bit, decoded per row
@@ -304,44 +325,13 @@ def test_rss_after_load_and_a_forward_pass_is_that_of_safetensors(models):
     # The GGUF path runs code the safetensors path does not (gguf's parser): its pages, ~2 MB here, are
     # allowed. A weight held twice would cost its size: the embedding alone is 25 MB in tiny and 100 MB
     # in the experts-heavy shape, whose 13 MB of experts would be resident right after the load if they
-    # were repacked into memory (a directory's experts come in as they are used).
+    # were copied or repacked into memory (read in place, they come in as they are used, as a
+    # directory's do).
     allowance_kb = 3 << 10
     for directory, gguf, weights in ((models["tiny"], models["tiny/bf16"], ""),
                                      (models["tiny"], models["tiny/q8_0"], "int8"),
                                      (models["heavy"], models["heavy/bf16"], "")):
-        rss_kb(gguf)  # the first load repacks the experts into the cache; this measures the loads after it
         ours, theirs = rss_kb(gguf), rss_kb(directory, weights)
         print(f"RSS after load, after load + forward: {gguf.name} {ours[0] / 1024:.1f}, {ours[1] / 1024:.1f} MB; "
               f"directory{' int8' if weights else ''} {theirs[0] / 1024:.1f}, {theirs[1] / 1024:.1f} MB")
         assert ours[0] <= theirs[0] + allowance_kb and ours[1] <= theirs[1] + allowance_kb, (gguf.name, ours, theirs)
-
-
-def test_repacked_experts_are_cached_once_per_file_and_rebuilt_when_it_changes(models, tmp_path, monkeypatch, caplog):
-    monkeypatch.setenv("GPTOSS_CACHE_DIR", str(tmp_path / "cache"))
-    gguf = tmp_path / "copy.gguf"
-    shutil.copy(models["tiny/bf16"], gguf)
-    caplog.set_level(logging.INFO, logger="engine.gguf_experts")
-    first = GGUFCheckpoint([gguf]).read_weights()[0]
-    built = [r.message for r in caplog.records if r.message.startswith("repacking")]
-    assert len(built) == 1 and len(list((tmp_path / "cache" / "gguf-experts").iterdir())) == 2  # the lock, a key
-    caplog.clear()
-    again = GGUFCheckpoint([gguf]).read_weights()[0]
-    assert not [r for r in caplog.records if r.message.startswith("repacking")]
-    for name, tensor in first.items():
-        assert torch.equal(again[name], tensor), name
-    os.utime(gguf, ns=(0, 0))  # the same path, another file as far as the cache can tell
-    GGUFCheckpoint([gguf]).read_weights()
-    assert len([r for r in caplog.records if r.message.startswith("repacking")]) == 1
-
-
-def test_an_unwritable_cache_repacks_into_memory_and_says_why(models, tmp_path, monkeypatch, caplog):
-    (tmp_path / "file").write_text("not a directory")
-    monkeypatch.setenv("GPTOSS_CACHE_DIR", str(tmp_path / "file" / "cache"))
-    caplog.set_level(logging.WARNING, logger="engine.gguf_experts")
-    tensors = GGUFCheckpoint([models["tiny/bf16"]]).read_weights()[0]
-    directory = SafetensorsCheckpoint(models["tiny"])
-    for name in tensors:
-        if "experts" in name and not name.endswith("bias"):
-            assert torch.equal(tensors[name], directory.get(name)), name
-    assert any("could not cache the repacked experts of tiny-bf16.gguf" in r.message and "repacked into memory"
-               in r.message for r in caplog.records)

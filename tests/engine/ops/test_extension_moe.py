@@ -11,6 +11,10 @@ covered); odd block counts exercise the zero-padded last chunk and D = 2880 exer
 float32 K-steps. Every test runs on each kernel family the CPU has (the `cpu_isa` fixture); on AMX
 CPUs experts with 4 or more tokens take the tile-multiply path (16-token tiles in pairs: the same
 token counts cover full, paired and lone partial tiles).
+
+The same kernels read a GGUF's experts in place (moe_mxfp4_ggml: ggml's 17-byte blocks, gate and up
+apart): every case of the grid also runs on its weights rewritten in that layout (`ggml_args`, from
+ggml's format) and is held to the same bounds.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 
 from engine.ops import reference
 
+from tests.engine.ops.ggml_mxfp4 import ggml_args
 from tests.engine.ops.naive import U32, decode_f64
 from tests.engine.ops.test_moe import (ALPHA, LIMIT, SILU_SLOPE, _assert_clamp_exercised, fp32_tolerance, make_case,
                                        naive_moe, plain_bf16_moe)
@@ -83,13 +88,19 @@ def test_bf16_inputs_take_the_kernels_of_the_chosen_family(extension, cpu_isa, m
             assert not torch.equal(native, extension.moe_mxfp4(*args))
 
 
+def _moe(extension, args, layout):
+    """The kernel on args (moe_mxfp4's), with the weights as they are or rewritten in ggml's layout."""
+    return extension.moe_mxfp4(*args) if layout == "hf" else extension.moe_mxfp4_ggml(*ggml_args(args))
+
+
+@pytest.mark.parametrize("layout", ["hf", "ggml"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("E, A, N, D, I", GRID)
-def test_matches_float64_truth_and_reference(extension, E, A, N, D, I, dtype):
+def test_matches_float64_truth_and_reference(extension, E, A, N, D, I, dtype, layout):
     args, unused = make_case(E, A, N, D, I, seed=_seed(E, A, N, D, I, dtype), dtype=dtype)
     want, scale, pre = naive_moe(*args)  # float64 on the exact (possibly bf16) inputs
     _assert_clamp_exercised(pre)
-    got = extension.moe_mxfp4(*args)
+    got = _moe(extension, args, layout)
     ref = reference.moe_mxfp4(*args)
     assert got.dtype == torch.float32 and got.shape == (N, D)
     err = (got.double() - want).abs()
@@ -119,7 +130,7 @@ def test_matches_float64_truth_and_reference(extension, E, A, N, D, I, dtype):
         w1b, w2b, w1s, w2s, b1, b2 = w1b.clone(), w2b.clone(), w1s.clone(), w2s.clone(), b1.clone(), b2.clone()
         w1b[unused], w2b[unused], w1s[unused], w2s[unused] = 0x77, 0x77, 255, 255
         b1[unused], b2[unused] = float("nan"), float("nan")
-        assert torch.equal(extension.moe_mxfp4(x, ids, w, w1b, w1s, b1, w2b, w2s, b2, alpha, limit), got)
+        assert torch.equal(_moe(extension, (x, ids, w, w1b, w1s, b1, w2b, w2s, b2, alpha, limit), layout), got)
 
 
 def truth_with_bf16_act(x, expert_ids, expert_weights, w1_blocks, w1_scales, b1, w2_blocks, w2_scales, b2, alpha,
@@ -167,8 +178,9 @@ def test_bfloat16_act_is_rounded_before_second_product(extension, case):
     assert ((unrounded - want).abs() > 10 * bound).float().mean() > 0.25
 
 
+@pytest.mark.parametrize("layout", ["hf", "ggml"])
 @pytest.mark.parametrize("case", [(32, 4, 1, 2880, 160), (5, 2, 130, 160, 96), (32, 4, 33, 96, 2880)])
-def test_same_bits_with_any_thread_count(extension, case, intra_op_threads):
+def test_same_bits_with_any_thread_count(extension, case, layout, intra_op_threads):
     # Each thread owns whole output rows and adds the experts' contributions in ascending expert
     # order, so the thread count must not change a single bit. These cases are large enough to be
     # split across threads (more than 2^17 multiply-adds per thread).
@@ -176,7 +188,7 @@ def test_same_bits_with_any_thread_count(extension, case, intra_op_threads):
     results = []
     for n in (1, 2, 3):
         with intra_op_threads(n):
-            results.append(extension.moe_mxfp4(*args))
+            results.append(_moe(extension, args, layout))
     assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
 
 
@@ -242,6 +254,30 @@ def test_bad_input_names_the_tensor(extension, change, message):
     args, _ = make_case(3, 2, 3, 96, 96, seed=1)
     with pytest.raises(RuntimeError, match=message):
         extension.moe_mxfp4(*_bad(args, **change(args)))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda g: dict(gate=g["gate"][..., :16]), r"gate must be ggml's MXFP4 blocks uint8 \[E, rows, blocks, 17\]"),
+    (lambda g: dict(up=g["up"][:, :32].contiguous()), "up must have gate's shape"),
+    (lambda g: dict(down=g["down"][:, :32].contiguous()), "down must be"),
+    (lambda g: dict(down=g["down"].view(torch.int8)), "down must be uint8"),
+    (lambda g: dict(gate=g["gate"].transpose(0, 1).contiguous().transpose(0, 1)), "gate must be contiguous"),
+    (lambda g: dict(b1=g["b1"][:, :10]), "b1 must be"),
+    (lambda g: dict(x=g["x"][:, :64]), "gate must be"),
+])
+def test_ggml_bad_input_names_the_tensor(extension, change, message):
+    args, _ = make_case(3, 2, 3, 96, 96, seed=1)
+    names = ["x", "expert_ids", "expert_weights", "gate", "up", "b1", "down", "b2", "alpha", "limit"]
+    values = dict(zip(names, ggml_args(args)))
+    values.update(change(values))
+    with pytest.raises(RuntimeError, match=message):
+        extension.moe_mxfp4_ggml(*[values[n] for n in names])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ggml_opcheck(extension, dtype):
+    args, _ = make_case(3, 2, 5, 96, 160, seed=3, dtype=dtype)
+    torch.library.opcheck(torch.ops.gptoss.moe_mxfp4_ggml.default, ggml_args(args))
 
 
 def test_strided_inputs_and_int32_ids(extension):

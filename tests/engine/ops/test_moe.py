@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from engine.ops import reference
 
+from tests.engine.ops.ggml_mxfp4 import ggml_args
 from tests.engine.ops.naive import U32, decode_f64
 
 ALPHA, LIMIT = 1.702, 7.0
@@ -162,3 +163,20 @@ def test_routing_weight_scales_whole_expert_output():
     # Two products and one sum per element: 2u relative to |w0·b| + |w1·b|.
     tol = 2 * U32 * (w[0, 0] * b2[ids[0, 0]].abs() + w[0, 1] * b2[ids[0, 1]].abs()).double()
     assert ((got[0].double() - want).abs() <= tol).all()
+
+
+def test_ggml_blocks_decode_as_the_format_says():
+    # One block: scale byte 128 (×2); byte j holds element j (low nibble) and element j + 16 (high).
+    # Elements 0-15 get nibbles 0-15 and elements 16-31 nibbles 15-0.
+    block = torch.tensor([128] + [j | ((15 - j) << 4) for j in range(16)], dtype=torch.uint8)
+    fp4 = torch.tensor(reference.FP4_VALUES, dtype=torch.float32)
+    want = 2 * torch.cat((fp4, fp4.flip(0)))
+    assert torch.equal(reference.ggml_mxfp4_dequantize(block.reshape(1, 1, 17), torch.float32), want.reshape(1, 32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("E, A, N, D, I", [(3, 2, 5, 96, 160), (5, 4, 9, 160, 96)])
+def test_ggml_layout_is_the_same_computation(E, A, N, D, I, dtype):
+    # The same weights in ggml's layout decode to the same matrices: the same result to the bit.
+    args, _ = make_case(E, A, N, D, I, seed=E + N, dtype=dtype)
+    assert torch.equal(reference.moe_mxfp4_ggml(*ggml_args(args)), reference.moe_mxfp4(*args))
