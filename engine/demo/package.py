@@ -33,7 +33,7 @@ def checkpoint_tensors(model) -> dict[str, torch.Tensor]:
         inputs = torch.tensor(model.vocabulary.inputs[1:], dtype=torch.int32)
         tensors["model.embed_tokens.weight"] = model.embedding.table()[1:].to(torch.bfloat16)
         tensors["model.embed_tokens.weight" + ROW_SUFFIX] = inputs
-        tensors["lm_head.weight"] = model.unembedding.to(torch.bfloat16)
+        tensors["lm_head.weight"] = model.unembedding().detach().to(torch.bfloat16)
         tensors["lm_head.weight" + ROW_SUFFIX] = torch.tensor(model.vocabulary.outputs, dtype=torch.int32)
         for key, parameter in model.weights.items():
             tensors["model." + key.replace("__", ".")] = parameter.to(torch.bfloat16)

@@ -10,7 +10,10 @@ What differs from running the model, and why:
   vectors, any other token's from its own vector plus per-character ones, so that a number's digits
   and a name's characters are readable from its row (`SpellingAwareEmbedding`). The softmax covers the
   model writes plus one term for every other token at logit 0 (log(V - n) of them), which is exactly
-  the shipped model's distribution: their unembedding rows are zero.
+  the shipped model's distribution: their unembedding rows are zero. The output rows are the input
+  rows of the same tokens plus a learned correction (tied), so that writing a number or a character
+  the model has read starts as the identity (25 minutes on one core: loss per token on + and - 0.18
+  against 0.32 untied, at about the same step).
 - The model writes each digit it computes as its own token, each character of a name or value it
   copies into a call too, and a number it copies in the prompt's own tokens (decoded text is the same
   in every case): every token it writes is then one lookup.
@@ -216,8 +219,11 @@ class DemoModel(nn.Module):
         self.config, self.vocabulary = config, vocabulary
         self.transformer = Transformer(config, torch.float32)
         self.embedding = SpellingAwareEmbedding(tokenizer, vocabulary, config.hidden_size, g)
-        self.unembedding = nn.Parameter(torch.randn(len(vocabulary.outputs), config.hidden_size, generator=g)
-                                        / math.sqrt(config.hidden_size))
+        # Output rows start as the input rows of the same tokens (tied), so that writing a number or a
+        # character the model has read is the identity; the correction learns what differs.
+        input_index = {token: i for i, token in enumerate(vocabulary.inputs)}
+        self.register_buffer("output_rows", torch.tensor([input_index[t] for t in vocabulary.outputs]))
+        self.unembedding_correction = nn.Parameter(torch.zeros(len(vocabulary.outputs), config.hidden_size))
         self.weights = nn.ParameterDict()
         for name, buffer in list(self.transformer.named_buffers()):
             if name.startswith(("embed_tokens", "lm_head")) or ".experts." in name:
@@ -229,6 +235,10 @@ class DemoModel(nn.Module):
             module._non_persistent_buffers_set.update(module._buffers)
         self.transformer.bind_device(torch.device("cpu"))
         self.rest_logit = math.log(config.vocab_size - len(vocabulary.outputs))
+
+    def unembedding(self) -> torch.Tensor:
+        """[n_outputs, D]"""
+        return self.embedding.table()[self.output_rows] + self.unembedding_correction
 
     def set_quantized(self, on: bool) -> None:
         for layer in self.transformer.layers:
@@ -246,7 +256,7 @@ class DemoModel(nn.Module):
 
     def loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden [M, D], targets [M] output indices -> (cross-entropy [M], correct argmax [M])."""
-        logits = hidden @ self.unembedding.T  # [M, n_out]
+        logits = hidden @ self.unembedding().T  # [M, n_out]
         rest = torch.full((logits.shape[0], 1), self.rest_logit)
         full = torch.cat((logits, rest), dim=-1)
         return nn.functional.cross_entropy(full, targets, reduction="none"), full.argmax(-1) == targets
