@@ -91,8 +91,9 @@ class Engine:
 
         Dense weights are memory-mapped (and only copied when the compute dtype or device differs
         from the file); MXFP4 expert weights stay packed, a GGUF's in ggml's layout, read in place by
-        the CPU kernels (rewritten into the Hugging Face layout on a GPU, losslessly). A GGUF's Q8_0 tensors stay 8-bit whatever `weights` says: attention and
-        unembedding as with `weights="int8"`, the embedding decoded row by row as it is looked up.
+        the CPU kernels (rewritten into the Hugging Face layout on a GPU, losslessly). A GGUF's Q8_0
+        tensors stay 8-bit whatever `weights` says: attention and unembedding as with
+        `weights="int8"`, the embedding decoded row by row as it is looked up.
         `on_step` is told each step as it begins:
         "ops" (loads the C++ ops, compiled on a machine's first start) and "weights".
         `kv_cache_mb` bounds the KV memory of running sequences (default: a quarter of the machine's

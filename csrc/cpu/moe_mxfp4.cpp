@@ -802,9 +802,9 @@ void check_common(const at::Tensor& x, const at::Tensor& expert_ids, const at::T
   GPTOSS_CHECK_DTYPE(b1, at::kFloat);
   GPTOSS_CHECK_DIM(b2, 2);
   GPTOSS_CHECK_DTYPE(b2, at::kFloat);
-  for (const at::Tensor* t : {&expert_ids, &expert_weights, &b1, &b2})
-    TORCH_CHECK(t->device() == x.device(), "all moe_mxfp4 inputs must be on x's device (", x.device(), ")");
-  for (const at::Tensor* t : weights)
+  std::vector<const at::Tensor*> inputs{&expert_ids, &expert_weights, &b1, &b2};
+  inputs.insert(inputs.end(), weights.begin(), weights.end());
+  for (const at::Tensor* t : inputs)
     TORCH_CHECK(t->device() == x.device(), "all moe_mxfp4 inputs must be on x's device (", x.device(), ")");
   const int64_t N = x.size(0), D = x.size(1);
   TORCH_CHECK(D % kMxfp4Block == 0, "x rows have ", D, " values, not a multiple of ", kMxfp4Block);
