@@ -7,7 +7,7 @@ reply as harmony messages. `Example.expected` says what a correct reply contains
 The arithmetic working is written so that every step is a lookup a small transformer can learn:
 numbers the model computes are written digit by digit (the trainer gives each digit its own token),
 columns go from the right with the carry or borrow named, and the result is read back in order.
-Low effort writes one line and no working; medium a compact column list; high the same columns in words.
+Low effort writes one line and no working; medium and high the same column lines.
 
 Names, places, currencies and queries are drawn from word and syllable pools, so fresh instances
 (`Generator(seed)` with a new seed) carry new names made of pieces the model has seen.
@@ -148,6 +148,9 @@ TOOL_KINDS = {
     },
 }
 
+KIND_SUBJECTS = {"weather": "the weather", "time": "the local time", "currency": "currency conversion",
+                 "search": "web search"}
+
 ARITHMETIC_REQUESTS = {
     "+": ["What is {a} + {b}?", "Compute {a}+{b}", "Compute {a} + {b}", "{a} plus {b}", "What's {a} + {b}?",
           "what is {a}+{b}", "Calculate {a} + {b}.", "{a} + {b} = ?", "What is {a} plus {b}?"],
@@ -172,97 +175,91 @@ def digits_of(n: int) -> list[int]:
     return [int(c) for c in reversed(str(n))]
 
 
-def column_addition(a: int, b: int, verbose: bool) -> list[str]:
-    """a + b column by column from the right; the carry of each column named."""
+PLACES_OF_DIGITS = ("units", "tens", "hundreds", "thousands")
+
+
+def column_addition(a: int, b: int) -> list[str]:
+    """a + b column by column from the right, a line per column: 'tens: 4+9+1=14, write 4 carry 1'."""
     da, db = digits_of(a), digits_of(b)
     width = max(len(da), len(db))
     da, db = da + [0] * (width - len(da)), db + [0] * (width - len(db))
     lines, carry = [], 0
-    places = ["Units", "Tens", "Hundreds", "Thousands", "Ten thousands"]
     for i in range(width):
         total = da[i] + db[i] + carry
-        terms = f"{da[i]} + {db[i]}" + (f" + {carry}" if carry else "")
         new_carry = total // 10
-        if verbose:
-            step = f"{places[i]}: {terms} = {total}. Write {total % 10}" + (f", carry {new_carry}." if new_carry else ".")
-        else:
-            step = f"{places[i].lower()}: {terms} = {total}, write {total % 10}" + (f" carry {new_carry}" if new_carry else "")
-        lines.append(step)
+        lines.append(f"{PLACES_OF_DIGITS[i]}: {da[i]}+{db[i]}" + (f"+{carry}" if carry else "") +
+                     f"={total}, write {total % 10}" + (f" carry {new_carry}" if new_carry else ""))
         carry = new_carry
     if carry:
-        lines.append(f"{places[width]}: the carry {carry}. Write {carry}." if verbose
-                     else f"{places[width].lower()}: carry {carry}, write {carry}")
+        lines.append(f"{PLACES_OF_DIGITS[width]}: write {carry}")
     return lines
 
 
-def column_subtraction(a: int, b: int, verbose: bool) -> list[str]:
-    """a - b (a >= b) column by column from the right, borrowing where the top digit is too small."""
+def column_subtraction(a: int, b: int) -> list[str]:
+    """a - b (a >= b) column by column from the right, borrowing ten where the top digit is too small:
+    'units: 14-8=6, write 6 borrow 1', then 'tens: 7-2-1=4, write 4'."""
     da, db = digits_of(a), digits_of(b)
     db += [0] * (len(da) - len(db))
     lines, borrow = [], 0
-    places = ["Units", "Tens", "Hundreds"]
     for i in range(len(da)):
-        top = da[i]
-        new_borrow = 1 if top - borrow - db[i] < 0 else 0
-        top_text = str(top + 10 * new_borrow)
-        result = top + 10 * new_borrow - borrow - db[i]
-        terms = f"{top_text} - {db[i]}" + (f" - {borrow}" if borrow else "")
-        if verbose:
-            lines.append(f"{places[i]}: {terms} = {result}. Write {result}" +
-                         (", borrow 1." if new_borrow else "."))
-        else:
-            lines.append(f"{places[i].lower()}: {terms} = {result}, write {result}" + (" borrow 1" if new_borrow else ""))
+        new_borrow = 1 if da[i] - borrow - db[i] < 0 else 0
+        top = da[i] + 10 * new_borrow
+        result = top - borrow - db[i]
+        lines.append(f"{PLACES_OF_DIGITS[i]}: {top}-{db[i]}" + (f"-{borrow}" if borrow else "") +
+                     f"={result}, write {result}" + (" borrow 1" if new_borrow else ""))
         borrow = new_borrow
     return lines
 
 
-def column_product(a: int, digit: int, verbose: bool) -> tuple[list[str], int]:
-    """a × one digit, from the right; returns the lines and the product."""
+def column_product(a: int, digit: int) -> tuple[list[str], int]:
+    """a × one digit from the right ('6*9=54, write 4 carry 5', then '4*9+5=41, write 41'); returns
+    the lines and the product."""
     lines, carry = [], 0
     da = digits_of(a)
     for i, d in enumerate(da):
         total = d * digit + carry
-        terms = f"{d} * {digit}" + (f" + {carry}" if carry else "")
-        last = i == len(da) - 1
-        if last:
-            lines.append(f"{terms} = {total}, write {total}")
+        terms = f"{d}*{digit}" + (f"+{carry}" if carry else "")
+        if i == len(da) - 1:
+            lines.append(f"{terms}={total}, write {total}")
         else:
-            lines.append(f"{terms} = {total}, write {total % 10}" + (f" carry {total // 10}" if total >= 10 else ""))
+            lines.append(f"{terms}={total}, write {total % 10}" + (f" carry {total // 10}" if total >= 10 else ""))
         carry = total // 10
     return lines, a * digit
 
 
 def arithmetic_working(a: int, op: str, b: int, effort: str) -> tuple[str, int]:
-    """The reasoning for `a op b` at an effort, and the result. The working names each column's
-    digits; the operands are restated only where `copied_expressions` says (in the prompt's tokens)."""
+    """The reasoning for `a op b` at an effort, and the result.
+
+    Low effort is one line with the result. Medium and high write the same column lines (high with a
+    sentence that says how): a line per column with its digits, their sum or difference, the digit
+    written and the carry or borrow. The digits of a line sit next to each other ('4+9+1=14'), so the
+    sum is computed from tokens one to five places back."""
     result = {"+": a + b, "-": a - b, "*": a * b}[op]
     if effort == "low":
         return f"{a} {op} {b} = {result}.", result
-    verbose = effort == "high"
-    lines = ["Column by column from the right." if verbose else "By columns:"]
+    lines = ["By columns:" if effort == "medium" else
+             {"+": "Column by column from the right, carrying tens:",
+              "-": "Column by column from the right, borrowing tens:",
+              "*": "Multiply by each digit of the second number, then add:"}[op]]
     if op == "+":
-        lines += column_addition(a, b, verbose)
+        lines += column_addition(a, b)
     elif op == "-":
         top, bottom = (a, b) if a >= b else (b, a)
         if a < b:
             lines.append(f"{a} is less than {b}, so compute {b} - {a} and make it negative.")
-        lines += column_subtraction(top, bottom, verbose)
+        lines += column_subtraction(top, bottom)
     else:
-        db = digits_of(b)
         partials = []
-        for i, digit in enumerate(db):
-            if verbose:
-                lines.append(f"Multiply {a} by the {'units' if i == 0 else 'tens'} digit {digit}:")
-            else:
-                lines.append(f"{a} * {digit}:")
-            steps, product = column_product(a, digit, verbose)
+        for i, digit in enumerate(digits_of(b)):
+            lines.append(f"{a}*{digit}:")
+            steps, product = column_product(a, digit)
             lines += steps
             shifted = product * 10 ** i
-            lines.append(f"so {a} * {digit * 10 ** i} = {shifted}" if i else f"so {a} * {digit} = {product}")
+            lines.append(f"so {a}*{digit * 10 ** i}={shifted}")
             partials.append(shifted)
         if len(partials) == 2:
-            lines.append(f"Add {partials[0]} + {partials[1]}:" if verbose else f"{partials[0]} + {partials[1]}:")
-            lines += column_addition(partials[0], partials[1], verbose)
+            lines.append(f"{partials[0]}+{partials[1]}:")
+            lines += column_addition(partials[0], partials[1])
     lines.append(f"So {a} {op} {b} = {result}.")
     return "\n".join(lines), result
 
@@ -272,7 +269,7 @@ def copied_expressions(a: int, op: str, b: int) -> tuple[str, ...]:
     if op == "-" and a < b:
         return f"{a} - {b}", f"{a} is less than {b}", f"{b} - {a}"
     if op == "*":
-        return (f"{a} * {b}", f"Multiply {a} by", *{f"{a} * {d * 10 ** i}" for i, d in enumerate(digits_of(b))})
+        return (f"{a} * {b}", *{f"{a}*{d * 10 ** i}" for i, d in enumerate(digits_of(b))})
     return (f"{a} {op} {b}",)
 
 
@@ -451,7 +448,7 @@ class Generator:
         values = self.request_values(kind)
         request = self.rng.choice(TOOL_KINDS[kind]["requests"]).format(**values)
         arguments = {roles[role]: value for role, value in values.items()}
-        reasoning = self.call_reasoning(kind, name, values, effort)
+        reasoning = self.call_reasoning(kind, effort)
         numbers = tuple(str(v) for v in values.values() if not isinstance(v, str))
         return Example("tool_call", [*self.instructions(), *self.history(), {"role": "user", "content": request}],
                        tools, effort, [Reply("analysis", reasoning, copied=numbers),
@@ -459,16 +456,16 @@ class Generator:
                                              spelled=tuple(v for v in values.values() if isinstance(v, str)))],
                        {"tool": name, "arguments": arguments, "kind": kind, "values": values}, self.date())
 
-    def call_reasoning(self, kind: str, name: str, values: dict, effort: str) -> str:
-        subject = {"weather": "the weather in {place}", "time": "the local time in {place}",
-                   "currency": "{amount} {source} in {target}", "search": "a web search for {query}"}[kind]
-        subject = subject.format(**values)
+    def call_reasoning(self, kind: str, effort: str) -> str:
+        """Says what is asked and that a tool covers it, naming neither the tool nor the values: a
+        fresh name may be made of tokens the model never writes, and the call copies them anyway."""
+        what = KIND_SUBJECTS[kind]
         if effort == "low":
-            return f"Call {name}."
+            return f"Call the tool for {what}."
         if effort == "medium":
-            return f"The user wants {subject}. {name} covers it."
-        return (f"The user asks for {subject}. Of the declared tools, {name} covers this, so I call it with "
-                f"the values from the request.")
+            return f"The user wants {what}. A declared tool covers it."
+        return (f"The user asks for {what}. One of the declared tools covers this, so I call it with the values "
+                f"from the request.")
 
     def tool_answer(self, effort: str | None = None) -> Example:
         """The turn after the call: the tool's result is in, the final answer states it."""
@@ -482,7 +479,7 @@ class Generator:
                     {"role": "tool", "tool_call_id": "call_1", "content": result}]
         answer = TOOL_KINDS[kind]["lead"].format(result=result, **values)
         note = {"low": "Answer with the result.", "medium": "The tool returned the result; I state it.",
-                "high": f"{call.expected['tool']} returned its result, so I give it to the user."}[call.effort]
+                "high": "The tool returned its result, so I give it to the user."}[call.effort]
         copied = (result, *(str(v) for v in values.values() if not isinstance(v, str)))  # in the prompt's tokens
         return Example("tool_answer", messages, call.tools, call.effort,
                        [Reply("analysis", note), Reply("final", answer, copied=copied)],
@@ -509,8 +506,7 @@ class Generator:
         tools, _, _ = self.toolset(None, exclude=kind)
         values = self.request_values(kind)
         request = self.rng.choice(TOOL_KINDS[kind]["requests"]).format(**values)
-        what = {"weather": "the weather", "time": "the local time", "currency": "currency conversion",
-                "search": "web search"}[kind]
+        what = KIND_SUBJECTS[kind]
         reasoning = {"low": "No tool fits.", "medium": f"No declared tool covers {what}.",
                      "high": f"The user asks for {what}, but none of the declared tools covers it, so I say so."}[effort]
         answer = f"None of the available tools covers {what}, so I cannot do that here."

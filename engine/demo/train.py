@@ -17,6 +17,8 @@ What differs from running the model, and why:
 - The model writes each digit it computes as its own token, each character of a name or value it
   copies into a call too, and a number it copies in the prompt's own tokens (decoded text is the same
   in every case): every token it writes is then one lookup.
+- Some attention heads start with a job (`engine.demo.heads`): copy heads and heads that look a fixed
+  number of tokens back.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from torch import nn
 from engine import ops
 from engine.config import ModelConfig
 from engine.demo import mxfp4
+from engine.demo.heads import start_heads
 from engine.demo.tasks import SKILLS, Example, Generator, Reply
 from engine.harmony import HarmonyFormat
 from engine.kv_cache import KVCache
@@ -228,7 +231,8 @@ class DemoModel(nn.Module):
         for name, buffer in list(self.transformer.named_buffers()):
             if name.startswith(("embed_tokens", "lm_head")) or ".experts." in name:
                 continue
-            self.weights[name.replace(".", "__")] = nn.Parameter(_initial(name, buffer.shape, config, g))
+            self.weights[name.replace(".", "__")] = nn.Parameter(initial_weight(name, buffer.shape, config, g))
+        start_heads(self.weights, config, g)
         for layer in self.transformer.layers:
             layer.mlp.experts = QuantizedExperts(config, g)
         for module in self.transformer.modules():  # forward fills them from the parameters above
@@ -262,7 +266,7 @@ class DemoModel(nn.Module):
         return nn.functional.cross_entropy(full, targets, reduction="none"), full.argmax(-1) == targets
 
 
-def _initial(name: str, shape: torch.Size, config: ModelConfig, g: torch.Generator) -> torch.Tensor:
+def initial_weight(name: str, shape: torch.Size, config: ModelConfig, g: torch.Generator) -> torch.Tensor:
     if name.endswith("norm.weight"):
         return torch.ones(shape)
     if name.endswith(("bias", "sinks")):
@@ -278,6 +282,7 @@ def _initial(name: str, shape: torch.Size, config: ModelConfig, g: torch.Generat
 class TrainSettings:
     seed: int = 0
     minutes: float = 70.0
+    steps: int | None = None  # when set, the schedule runs over this many steps instead of `minutes`
     batch_tokens: int = 4096
     learning_rate: float = 3e-3
     qat_from: float = 0.3  # fraction of the steps after which the experts train rounded to MXFP4
@@ -376,7 +381,7 @@ def _train(config: ModelConfig, tokenizer: Tokenizer, settings: TrainSettings, r
     tally = torch.zeros(3, len(SKILLS), dtype=torch.float64)  # tokens, summed loss, right argmax per skill
     while True:
         elapsed = time.perf_counter() - train_started
-        progress = elapsed / budget
+        progress = step / settings.steps if settings.steps else elapsed / budget
         if progress >= 1:
             break
         model.set_quantized(progress >= settings.qat_from)

@@ -13,8 +13,11 @@ import torch
 
 from engine import ops
 from engine.demo import mxfp4
+from engine.demo.heads import COPY_SCALE, OFFSETS, start_heads
 from engine.demo.tasks import EFFORTS, SKILLS, Generator, arithmetic_working
-from engine.demo.train import BatchStream, DemoModel, TrainSettings, Vocabulary, encode_example, reply_tokens, spell, train
+from engine.demo.train import (BatchStream, DemoModel, TrainSettings, Vocabulary, encode_example, initial_weight,
+                               reply_tokens, spell, train)
+from engine.model import RotaryEmbedding, Transformer
 from engine.harmony import HarmonyFormat
 from engine.o200k import SPECIAL_TOKENS
 from engine.ops import reference
@@ -28,15 +31,16 @@ def harmony(tiny_dir):
 
 
 def _check_step(line: str) -> None:
-    """A column line 'x + y (+ c) = t, write ...' / 'x - y (- b) = t' / 'x * y (+ c) = t' adds up."""
-    match = re.match(r"(?:\w+: )?(\d+) ([-+*]) (\d+)(?: ([-+]) (\d+))? = (\d+)", line)
+    """A column line 'x+y(+c)=t, write ...' / 'x-y(-b)=t' / 'x*y(+c)=t' adds up."""
+    match = re.match(r"(?:\w+: )?(\d+)([-+*])(\d+)(?:([-+])(\d+))?=(\d+)", line)
     if not match:
-        return
+        return False
     a, op, b, op2, c, total = match.groups()
     value = {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
     if op2:
         value = value + int(c) if op2 == "+" else value - int(c)
     assert value == int(total), line
+    return True
 
 
 @pytest.mark.parametrize("effort", EFFORTS)
@@ -50,8 +54,9 @@ def test_arithmetic_working_adds_up_and_ends_with_the_result(effort):
         assert result == {"+": a + b, "-": a - b, "*": a * b}[op]
         lines = working.split("\n")
         assert lines[-1] == f"So {a} {op} {b} = {result}." or (effort == "low" and lines == [f"{a} {op} {b} = {result}."])
-        for line in lines[1:-1]:
-            _check_step(line)
+        checked = [_check_step(line) for line in lines[1:-1]]
+        if effort != "low":  # every column has its line: one more for a final carry, and for products the summing
+            assert sum(checked) >= max(len(str(a)), len(str(b))), working
         if effort == "low":
             assert len(lines) == 1  # at most one short line
 
@@ -195,3 +200,40 @@ def test_chained_requests_share_one_system_message_and_every_reply_is_a_target(h
             after_first = harmony.tokenizer.decode(tokens[replies[0][1]:])  # one user turn per request
             assert after_first.count("<|start|>user") == len(replies) - 1 and "<|start|>developer" not in after_first
     assert chained >= 10
+
+
+
+def test_offset_heads_look_their_offset_back_and_copy_heads_copy():
+    """engine.demo.heads, on the weights as started: each offset head puts most of its attention
+    `offset` tokens back at any position (its biases through the model's own RoPE, with its damped
+    content term on random inputs); a copy head's value-output map is the identity on a subspace,
+    scaled."""
+    config = preset_config("demo")
+    generator = torch.Generator().manual_seed(0)
+    weights = {name.replace(".", "__"): initial_weight(name, buffer.shape, config, generator)
+               for name, buffer in Transformer(config, torch.float32).named_buffers() if ".self_attn." in name}
+    start_heads(weights, config, generator)
+    hd, group = config.head_dim, config.num_attention_heads // config.num_key_value_heads
+    cos_sin = RotaryEmbedding(config, torch.device("cpu")).cos_sin(300)
+    x = torch.nn.functional.normalize(torch.randn(300, config.hidden_size, generator=generator), dim=-1)
+    x = x * config.hidden_size ** 0.5  # as RMSNorm leaves it: rms 1
+    for (layer, kv_head), offsets in OFFSETS.items():
+        def projected(name: str) -> torch.Tensor:  # [T, heads, hd]
+            w, b = (weights[f"layers__{layer}__self_attn__{name}_proj__{p}"] for p in ("weight", "bias"))
+            return (x @ w.T + b).reshape(300, -1, hd)
+        for j, offset in enumerate(offsets):
+            q = projected("q")[:, kv_head * group + j].unsqueeze(0).unsqueeze(2).contiguous()  # [1, T, 1, hd]
+            k = projected("k")[:, kv_head].unsqueeze(0).unsqueeze(2).contiguous()
+            reference.rope_(q, k, cos_sin, torch.arange(300))
+            for position in (offset + 10, 150, 299):
+                attention = (q[0, position, 0] @ k[0, :position + 1, 0].T / hd ** 0.5).softmax(-1)
+                assert int(attention.argmax()) == position - offset and attention.max() > 0.5, (layer, j, position)
+    for layer in range(config.num_hidden_layers):
+        if (layer, 0) in OFFSETS:
+            continue
+        v = weights[f"layers__{layer}__self_attn__v_proj__weight"][:hd]  # [hd, D]
+        for head in range(group):
+            o = weights[f"layers__{layer}__self_attn__o_proj__weight"][:, head * hd:(head + 1) * hd]  # [D, hd]
+            eigenvalues = torch.linalg.eigvalsh(o @ v)  # symmetric: U·s·Uᵀ
+            assert torch.allclose(eigenvalues[-hd:], torch.full((hd,), COPY_SCALE), atol=1e-5)
+            assert eigenvalues[:-hd].abs().max() < 1e-5
