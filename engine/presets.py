@@ -34,7 +34,7 @@ PRESETS: dict[str, ModelConfig] = {
     "small": _preset(layers=4, hidden=256, heads=8, kv_heads=2, head_dim=64, experts=8, k=4,
                      intermediate=288, window=16),
     # The trained demo model (engine.demo): small enough to train on 2 cores within an hour.
-    "demo": _preset(layers=4, hidden=256, heads=4, kv_heads=2, head_dim=64, experts=4, k=2,
+    "demo": _preset(layers=4, hidden=128, heads=4, kv_heads=2, head_dim=32, experts=4, k=2,
                     intermediate=256, window=128),
     "20b-shape": _preset(layers=24, hidden=2880, heads=64, kv_heads=8, head_dim=64, experts=32, k=4,
                          intermediate=2880, window=128),

@@ -31,7 +31,8 @@ def _train_demo(args: argparse.Namespace) -> int:
     from engine.demo.packaged import PACKAGED
     from engine.demo.train import TrainSettings
 
-    build(TrainSettings(seed=args.seed, minutes=args.minutes, threads=args.threads),
+    build(TrainSettings(seed=args.seed, minutes=args.minutes, steps=args.steps, threads=args.threads,
+                        state_file=Path(args.state) if args.state else None),
           out=Path(args.out) if args.out else PACKAGED,
           eval_per_cell=args.eval_per_cell, report=lambda line: print(line, flush=True))
     return 0
@@ -270,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "print its skills' evaluation")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--minutes", type=float, default=70.0, help="training time (default 70)")
+    demo.add_argument("--steps", type=_positive_int, default=None,
+                      help="train this many steps instead of --minutes (the same run on any machine)")
+    demo.add_argument("--state", default=None, metavar="FILE",
+                      help="keep the training state here (every 5 minutes and at the end); if FILE exists, "
+                           "go on from it")
     demo.add_argument("--out", default=None,
                       help="compact weights to write (default: engine/demo/gptoss-demo.safetensors)")
     demo.add_argument("--eval-per-cell", type=_positive_int, default=20,

@@ -23,7 +23,8 @@ def build(settings: TrainSettings, out: Path = PACKAGED, eval_per_cell: int = 20
         o200k.write_tokenizer_files(Path(scratch))
         tokenizer = Tokenizer(Path(scratch) / "tokenizer.json", preset_config("demo").vocab_size)
         model = train(preset_config("demo"), tokenizer, settings, report)
-        package.save_compact(out, model, version=f"seed {settings.seed}, {settings.minutes:g} min")
+        budget = f"{settings.steps} steps" if settings.steps else f"{settings.minutes:g} min"
+        package.save_compact(out, model, version=f"seed {settings.seed}, {budget}")
         report(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
         checkpoint = Path(scratch) / "checkpoint"
         package.expand(out, checkpoint, README)

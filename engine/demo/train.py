@@ -27,7 +27,8 @@ import logging
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -289,6 +290,16 @@ class TrainSettings:
     vocabulary_examples: int = 30000
     chain: int = 3  # requests per sequence where they can follow one another (BatchStream)
     threads: int | None = None
+    # Where the training state (weights, optimizer, data stream, step, time) is kept, written every
+    # `save_minutes` and at the end; a run whose file exists goes on from it (Ctrl-C loses at most
+    # `save_minutes`). The settings that shape the run must be the same (`RESUMABLE_WITH_CHANGES` aside).
+    state_file: Path | None = None
+    save_minutes: float = 5.0
+    log_seconds: float = 60.0  # between the progress lines
+
+
+# May differ between a run and its resumption: how long it goes and how it is run.
+RESUMABLE_WITH_CHANGES = ("minutes", "steps", "threads", "state_file", "save_minutes", "log_seconds")
 
 
 class BatchStream:
@@ -351,8 +362,9 @@ class BatchStream:
 
 
 def train(config: ModelConfig, tokenizer: Tokenizer, settings: TrainSettings, report=print) -> DemoModel:
-    """Trains for settings.minutes of wall time; returns the model (experts quantization-aware at the
-    end). The reference ops are active while it trains (they are differentiable); the backend that was
+    """Trains for settings.minutes of wall time, or settings.steps steps, going on from
+    settings.state_file when it exists; returns the model (experts quantization-aware at the end).
+    The reference ops are active while it trains (they are differentiable); the backend that was
     active before is restored."""
     previous = ops.active_backend()
     ops.use_backend("reference")
@@ -369,18 +381,30 @@ def _train(config: ModelConfig, tokenizer: Tokenizer, settings: TrainSettings, r
     torch.manual_seed(settings.seed)
     fmt = HarmonyFormat(tokenizer)
     started = time.perf_counter()
-    vocabulary = Vocabulary.collect(fmt, settings.seed + 1_000_003, settings.vocabulary_examples)
-    report(f"vocabulary: {len(vocabulary.inputs)} input tokens, {len(vocabulary.outputs)} output tokens "
-           f"({time.perf_counter() - started:.0f} s)")
+    saved = _load_state(settings)
+    if saved:
+        vocabulary = Vocabulary(*saved["vocabulary"])
+        report(f"resuming {settings.state_file} at step {saved['step']} ({saved['elapsed'] / 60:.1f} min trained)")
+    else:
+        vocabulary = Vocabulary.collect(fmt, settings.seed + 1_000_003, settings.vocabulary_examples)
+        report(f"vocabulary: {len(vocabulary.inputs)} input tokens, {len(vocabulary.outputs)} output tokens "
+               f"({time.perf_counter() - started:.0f} s)")
     model = DemoModel(config, tokenizer, vocabulary, settings.seed)
     stream = BatchStream(fmt, vocabulary, settings.seed, settings.batch_tokens, settings.chain)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.98), weight_decay=0.01)
+    step, trained_before = 0, 0.0
+    if saved:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        stream.generator.rng.setstate(saved["stream_rng"])
+        stream.pool = saved["stream_pool"]
+        step, trained_before = saved["step"], saved["elapsed"]
     budget = settings.minutes * 60
     train_started = time.perf_counter()
-    step, logged, logged_step = 0, time.perf_counter(), 0
+    logged, logged_step, last_save = time.perf_counter(), step, time.perf_counter()
     tally = torch.zeros(3, len(SKILLS), dtype=torch.float64)  # tokens, summed loss, right argmax per skill
     while True:
-        elapsed = time.perf_counter() - train_started
+        elapsed = trained_before + time.perf_counter() - train_started
         progress = step / settings.steps if settings.steps else elapsed / budget
         if progress >= 1:
             break
@@ -401,7 +425,11 @@ def _train(config: ModelConfig, tokenizer: Tokenizer, settings: TrainSettings, r
         skills = skills[known]
         for row, values in enumerate((torch.ones_like(losses), losses.detach(), hits.double())):
             tally[row].index_add_(0, skills, values.double())
-        if time.perf_counter() - logged > 60:
+        if settings.state_file and time.perf_counter() - last_save >= settings.save_minutes * 60:
+            _save_state(settings, vocabulary, model, optimizer, stream, step,
+                        trained_before + time.perf_counter() - train_started)
+            last_save = time.perf_counter()
+        if time.perf_counter() - logged >= settings.log_seconds:
             tokens, summed, right = tally
             report(f"step {step}, {elapsed / 60:.1f} min: loss {summed.sum() / tokens.sum():.4f}, token accuracy "
                    f"{right.sum() / tokens.sum():.4f}, {'MXFP4' if progress >= settings.qat_from else 'float'} "
@@ -409,6 +437,35 @@ def _train(config: ModelConfig, tokenizer: Tokenizer, settings: TrainSettings, r
                    + ", ".join(f"{skill} {summed[i] / tokens[i]:.3f}" for i, skill in enumerate(SKILLS) if tokens[i]))
             tally.zero_()
             logged, logged_step = time.perf_counter(), step
+    trained = trained_before + time.perf_counter() - train_started
+    if settings.state_file:
+        _save_state(settings, vocabulary, model, optimizer, stream, step, trained)
     model.set_quantized(True)
-    report(f"trained {step} steps in {(time.perf_counter() - train_started) / 60:.1f} min")
+    report(f"trained {step} steps in {trained / 60:.1f} min")
     return model
+
+
+def _shape_of_run(settings: TrainSettings) -> dict:
+    return {k: v for k, v in asdict(settings).items() if k not in RESUMABLE_WITH_CHANGES}
+
+
+def _save_state(settings: TrainSettings, vocabulary: Vocabulary, model: DemoModel, optimizer, stream: BatchStream,
+                step: int, elapsed: float) -> None:
+    """Written to a side file and renamed, so that a run stopped while saving keeps the last state."""
+    state = {"settings": _shape_of_run(settings), "vocabulary": (vocabulary.inputs, vocabulary.outputs),
+             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "stream_rng": stream.generator.rng.getstate(), "stream_pool": stream.pool, "step": step, "elapsed": elapsed}
+    partial = settings.state_file.with_name(settings.state_file.name + ".partial")
+    torch.save(state, partial)
+    partial.replace(settings.state_file)
+
+
+def _load_state(settings: TrainSettings) -> dict | None:
+    if not settings.state_file or not settings.state_file.exists():
+        return None
+    saved = torch.load(settings.state_file, weights_only=False)  # our own file: Python objects too
+    if saved["settings"] != _shape_of_run(settings):
+        differing = sorted(k for k, v in _shape_of_run(settings).items() if saved["settings"].get(k) != v)
+        raise ValueError(f"{settings.state_file} was saved by a run with other settings ({', '.join(differing)}); "
+                         f"use the same ones, or another state file")
+    return saved

@@ -237,3 +237,30 @@ def test_offset_heads_look_their_offset_back_and_copy_heads_copy():
             eigenvalues = torch.linalg.eigvalsh(o @ v)  # symmetric: U·s·Uᵀ
             assert torch.allclose(eigenvalues[-hd:], torch.full((hd,), COPY_SCALE), atol=1e-5)
             assert eigenvalues[:-hd].abs().max() < 1e-5
+
+
+def test_a_stopped_run_resumed_from_its_state_file_ends_where_an_unstopped_one_does(tmp_path, harmony):
+    """Training stopped at step 2 of 4 (Ctrl-C after a save) and run again with the same state file
+    ends with the weights of a run that was never stopped: weights, optimizer and data stream are all
+    restored. A state file from other settings is refused, naming them."""
+    config = preset_config("tiny")
+
+    def run(state_file, stop_at=None):
+        def report(line: str) -> None:
+            if stop_at and line.startswith(f"step {stop_at},"):
+                raise KeyboardInterrupt
+        settings = TrainSettings(seed=3, steps=4, batch_tokens=1024, vocabulary_examples=100, state_file=state_file,
+                                 save_minutes=0, log_seconds=0)
+        return train(config, harmony.tokenizer, settings, report=report)
+
+    unstopped = run(tmp_path / "unstopped.pt")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "stopped.pt", stop_at=2)
+    assert torch.load(tmp_path / "stopped.pt", weights_only=False)["step"] == 2
+    resumed = run(tmp_path / "stopped.pt")
+    assert torch.load(tmp_path / "stopped.pt", weights_only=False)["step"] == 4
+    for (name, a), (_, b) in zip(unstopped.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="learning_rate"):
+        train(config, harmony.tokenizer, TrainSettings(seed=3, steps=4, learning_rate=1e-2,
+                                                       state_file=tmp_path / "stopped.pt"), report=lambda line: None)
