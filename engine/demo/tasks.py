@@ -540,9 +540,9 @@ class Generator:
     def example(self) -> Example:
         """One example of a skill drawn by the training mix."""
         roll = self.rng.random()
-        if roll < 0.57:
+        if roll < 0.45:  # arithmetic replies also come chained, three to a sequence
             return self.arithmetic()
-        if roll < 0.82:
+        if roll < 0.72:
             return self.tool_call()
         if roll < 0.90:
             return self.tool_answer()
