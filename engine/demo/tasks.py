@@ -30,17 +30,20 @@ class Reply:
     """One assistant message: channel "analysis", "final", or "call" (commentary to functions.`name`,
     `<|constrain|>json`, text the arguments).
 
-    A name or value copied from the prompt into a call is written a character per token (as digits
-    are): the prompt's " Oslo" is one token, but "Oslo" inside JSON is "Os" + "lo", so a copy in
-    canonical tokens would be a spelling lesson per name; a character at a time it is a lookup.
-    Numbers the model computes are written a digit per token, but a number it copies from the prompt
+    A name or value copied from the prompt into a call is written in the tokens the prompt has it in,
+    the first one without its leading space: the prompt's " Oslo" becomes "Oslo", "plants library"
+    "plants" + " library". Each token written is then the copy of one prompt token, found by where
+    the last one was, as an induction head finds it. (JSON's own tokens, "Os" + "lo", would make each
+    copy a spelling lesson; written a character per token, the model must count characters inside
+    tokens: after 1000 steps of tool calls alone, 0 of 16 calls were right that way against 11 of
+    16 this way.) Numbers the model computes are written a digit per token, but a number it copies from the prompt
     (the operands, an amount) keeps the prompt's tokens: a copy of one token is easier than reading
     a token's digits out in order."""
 
     channel: str
     text: str
     name: str | None = None
-    spelled: tuple[str, ...] = ()  # names and values copied into a call, written a character per token
+    words: tuple[str, ...] = ()  # names and values copied into a call, written in the prompt's tokens
     copied: tuple[str, ...] = ()  # numbers copied from the prompt, written in the prompt's tokens
 
 
@@ -453,7 +456,7 @@ class Generator:
         return Example("tool_call", [*self.instructions(), *self.history(), {"role": "user", "content": request}],
                        tools, effort, [Reply("analysis", reasoning, copied=numbers),
                                        Reply("call", json_text(arguments), name, copied=numbers,
-                                             spelled=tuple(v for v in values.values() if isinstance(v, str)))],
+                                             words=tuple(v for v in values.values() if isinstance(v, str)))],
                        {"tool": name, "arguments": arguments, "kind": kind, "values": values}, self.date())
 
     def call_reasoning(self, kind: str, effort: str) -> str:

@@ -58,29 +58,37 @@ def reply_tokens(tokenizer: Tokenizer, replies: list[Reply]) -> list[int]:
         if i:
             tokens += [_SPECIAL["<|start|>"], *tokenizer.encode("assistant")]
         tokens.append(_SPECIAL["<|channel|>"])
-        if reply.channel == "call":  # the declared name, copied a character at a time
-            tokens += [*tokenizer.encode("commentary to=functions."), *spell(tokenizer, reply.name),
+        if reply.channel == "call":  # the declared name, copied from the declaration
+            tokens += [*tokenizer.encode("commentary to=functions."), *as_in_prompt(tokenizer, reply.name),
                        *tokenizer.encode(" ")]
             tokens += [_SPECIAL["<|constrain|>"], *tokenizer.encode("json")]
         else:
             tokens += tokenizer.encode(reply.channel)
         tokens.append(_SPECIAL["<|message|>"])
-        tokens += written_encode(tokenizer, reply.text, reply.spelled, reply.copied)
+        tokens += written_encode(tokenizer, reply.text, reply.words, reply.copied)
         last = i == len(replies) - 1
         tokens.append(_SPECIAL["<|call|>" if reply.channel == "call" else "<|return|>" if last else "<|end|>"])
     return tokens
 
 
-def spell(tokenizer: Tokenizer, text: str) -> list[int]:
-    """text a character per token."""
-    return [token for character in text for token in tokenizer.encode(character)]
+def as_in_prompt(tokenizer: Tokenizer, text: str) -> list[int]:
+    """text in the tokens a prompt has it in after a space (" Oslo", "type get_weather"), the first
+    without that space, since JSON and the call's header have none there."""
+    tokens = tokenizer.encode(" " + text)
+    first = tokenizer.decode(tokens[:1])
+    if first.startswith(" ") and len(first) > 1:
+        tokens = [*tokenizer.encode(first[1:]), *tokens[1:]]
+    else:  # a lone space token: the text starts with what o200k does not join to a space
+        tokens = tokens[1:]
+    assert tokenizer.decode(tokens) == text, text
+    return tokens
 
 
-def written_encode(tokenizer: Tokenizer, text: str, spelled: tuple[str, ...] = (),
+def written_encode(tokenizer: Tokenizer, text: str, words: tuple[str, ...] = (),
                    copied: tuple[str, ...] = ()) -> list[int]:
-    """text's tokens as the model writes them: the `spelled` strings a character per token, the `copied`
-    ones in their own tokens, and every other digit a token of its own."""
-    marked = [(s, "spelled") for s in spelled] + [(s, "copied") for s in copied]
+    """text's tokens as the model writes them: the `words` as in the prompt (`as_in_prompt`), the
+    `copied` numbers in their own tokens, and every other digit a token of its own."""
+    marked = [(s, "words") for s in words] + [(s, "copied") for s in copied]
     if not marked:
         return [token for piece in _DIGITS.split(text) if piece for token in tokenizer.encode(piece)]
     marked.sort(key=lambda item: len(item[0]), reverse=True)
@@ -91,8 +99,8 @@ def written_encode(tokenizer: Tokenizer, text: str, spelled: tuple[str, ...] = (
     for i, piece in enumerate(pattern.split(text)):
         if not i % 2:
             tokens += written_encode(tokenizer, piece)
-        elif how[piece] == "spelled":
-            tokens += spell(tokenizer, piece)
+        elif how[piece] == "words":
+            tokens += as_in_prompt(tokenizer, piece)
         else:
             tokens += tokenizer.encode(piece)
     return tokens

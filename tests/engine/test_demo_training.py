@@ -16,7 +16,7 @@ from engine.demo import mxfp4
 from engine.demo.heads import COPY_SCALE, OFFSETS, start_heads
 from engine.demo.tasks import EFFORTS, SKILLS, Generator, arithmetic_working
 from engine.demo.train import (BatchStream, DemoModel, TrainSettings, Vocabulary, encode_example, initial_weight,
-                               reply_tokens, spell, train)
+                               as_in_prompt, reply_tokens, train)
 from engine.model import RotaryEmbedding, Transformer
 from engine.harmony import HarmonyFormat
 from engine.o200k import SPECIAL_TOKENS
@@ -102,11 +102,15 @@ def test_reply_tokens_read_back_through_the_engine_parser(harmony):
         for token in tokens:  # a number with more than one digit in a token is a copy from the prompt
             text = harmony.tokenizer.decode([token])
             assert not (any(ch.isdigit() for ch in text) and token not in digits) or text in copied, text
-        for reply in example.reply:  # copied names and values: a character per token
-            for value in reply.spelled:
-                letters = spell(harmony.tokenizer, value)
-                assert len(letters) == len(value)
-                assert any(tokens[i:i + len(letters)] == letters for i in range(len(tokens))), value
+        prompt = harmony.render(example.messages, example.effort, tools=example.tools,
+                                current_date=example.current_date)
+        for reply in example.reply:  # names and values copied into a call: as the prompt has them
+            for value in reply.words:
+                written, in_prompt = as_in_prompt(harmony.tokenizer, value), harmony.tokenizer.encode(" " + value)
+                assert harmony.tokenizer.decode(written) == value and written[len(written) - len(in_prompt) + 1:] == \
+                    in_prompt[1:], value  # the first token loses its space, the others are the prompt's
+                assert any(tokens[i:i + len(written)] == written for i in range(len(tokens))), value
+                assert any(prompt[i:i + len(in_prompt)] == in_prompt for i in range(len(prompt))), value
 
 
 @pytest.mark.parametrize("shape", [(3, 32), (2, 5, 96), (4, 7, 3, 64)])
