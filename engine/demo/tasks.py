@@ -36,9 +36,9 @@ class Reply:
     the last one was, as an induction head finds it. (JSON's own tokens, "Os" + "lo", would make each
     copy a spelling lesson; written a character per token, the model must count characters inside
     tokens: after 1000 steps of tool calls alone, 0 of 16 calls were right that way against 11 of
-    16 this way.) Numbers the model computes are written a digit per token, but a number it copies from the prompt
-    (the operands, an amount) keeps the prompt's tokens: a copy of one token is easier than reading
-    a token's digits out in order."""
+    16 this way.) Numbers the model computes are written a digit per token, but a number it copies
+    from the prompt (the operands, an amount) keeps the prompt's tokens: a copy of one token is
+    easier than reading a token's digits out in order."""
 
     channel: str
     text: str

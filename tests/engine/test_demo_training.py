@@ -16,7 +16,7 @@ from engine.demo import mxfp4
 from engine.demo.heads import COPY_SCALE, OFFSETS, start_heads
 from engine.demo.tasks import EFFORTS, SKILLS, Generator, arithmetic_working
 from engine.demo.train import (BatchStream, DemoModel, TrainSettings, Vocabulary, encode_example, initial_weight,
-                               as_in_prompt, reply_tokens, train)
+                               as_in_prompt, train)
 from engine.model import RotaryEmbedding, Transformer
 from engine.harmony import HarmonyFormat
 from engine.o200k import SPECIAL_TOKENS
@@ -88,7 +88,8 @@ def test_reply_tokens_read_back_through_the_engine_parser(harmony):
     digits = {harmony.tokenizer.encode(str(d))[0] for d in range(10)}
     for _ in range(60):
         example = generator.example()
-        tokens = reply_tokens(harmony.tokenizer, example.reply)
+        full, prompt_length = encode_example(harmony, example)
+        prompt, tokens = full[:prompt_length], full[prompt_length:]
         parser = harmony.parser()
         for token in tokens:
             parser.push(token)
@@ -102,13 +103,12 @@ def test_reply_tokens_read_back_through_the_engine_parser(harmony):
         for token in tokens:  # a number with more than one digit in a token is a copy from the prompt
             text = harmony.tokenizer.decode([token])
             assert not (any(ch.isdigit() for ch in text) and token not in digits) or text in copied, text
-        prompt = harmony.render(example.messages, example.effort, tools=example.tools,
-                                current_date=example.current_date)
         for reply in example.reply:  # names and values copied into a call: as the prompt has them
             for value in reply.words:
                 written, in_prompt = as_in_prompt(harmony.tokenizer, value), harmony.tokenizer.encode(" " + value)
-                assert harmony.tokenizer.decode(written) == value and written[len(written) - len(in_prompt) + 1:] == \
-                    in_prompt[1:], value  # the first token loses its space, the others are the prompt's
+                after_first = in_prompt[1:]  # the first token loses its space, the others are the prompt's
+                assert harmony.tokenizer.decode(written) == value, value
+                assert written[len(written) - len(after_first):] == after_first, value
                 assert any(tokens[i:i + len(written)] == written for i in range(len(tokens))), value
                 assert any(prompt[i:i + len(in_prompt)] == in_prompt for i in range(len(prompt))), value
 
@@ -245,8 +245,8 @@ def test_offset_heads_look_their_offset_back_and_copy_heads_copy():
 
 def test_a_stopped_run_resumed_from_its_state_file_ends_where_an_unstopped_one_does(tmp_path, harmony):
     """Training stopped at step 2 of 4 (Ctrl-C after a save) and run again with the same state file
-    ends with the weights (to float32 rounding) of a run that was never stopped: weights, optimizer and data stream are all
-    restored. A state file from other settings is refused, naming them."""
+    ends with the weights (to float32 rounding) of a run that was never stopped: weights, optimizer
+    and data stream are all restored. A state file from other settings is refused, naming them."""
     config = preset_config("tiny")
 
     def run(state_file, stop_at=None):
@@ -267,7 +267,7 @@ def test_a_stopped_run_resumed_from_its_state_file_ends_where_an_unstopped_one_d
     # AVX-512 machine: at most 2e-9 apart). A step moves each weight by about the learning rate (here
     # 1e-4 by step 4 of the warm-up), so a wrongly restored optimizer or data stream is far outside 1e-7.
     for (name, a), (_, b) in zip(unstopped.state_dict().items(), resumed.state_dict().items()):
-        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7, msg=name)
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7, msg=lambda message, name=name: f"{name}: {message}")
     with pytest.raises(ValueError, match="learning_rate"):
         train(config, harmony.tokenizer, TrainSettings(seed=3, steps=4, learning_rate=1e-2,
                                                        state_file=tmp_path / "stopped.pt"), report=lambda line: None)
