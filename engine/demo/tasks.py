@@ -15,6 +15,7 @@ Names, places, currencies and queries are drawn from word and syllable pools, so
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from dataclasses import dataclass, field
@@ -173,6 +174,18 @@ INSTRUCTIONS = ["You are a helpful assistant.", "Answer briefly.", "Be concise a
                 "You are an assistant inside a chat app.", "Use the tools when they help."]
 
 
+def made_up_names() -> list[str]:
+    """Every made-up piece a fresh instance can put in a prompt or a reply: currency codes (any two or
+    three capital letters), words of two or three syllables (places capitalized, parameter and tool
+    names lowercase, and a tool name's "_"-joined parts). Their tokens are in the model's vocabulary
+    whether or not the examples it learns from happen to draw them: a token without a row reads as
+    unseen and can never be written, so a call that copies it would be wrong every time."""
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    codes = ["".join(p) for n in (2, 3) for p in itertools.product(letters, repeat=n)]
+    words = ["".join(p) for n in (1, 2, 3) for p in itertools.product(SYLLABLES, repeat=n)]
+    return [*codes, *words, *(w.capitalize() for w in words), *("_" + w for w in words if len(w) <= 6)]
+
+
 def digits_of(n: int) -> list[int]:
     """Decimal digits, least significant first (0 -> [0])."""
     return [int(c) for c in reversed(str(n))]
@@ -214,18 +227,35 @@ def column_subtraction(a: int, b: int) -> list[str]:
     return lines
 
 
+def comparison(a: int, b: int) -> str:
+    """Which of a and b is larger, read digit by digit from the left, so that the choice of what to
+    subtract from what is made one digit pair at a time: 'Compare 748 and 719: hundreds 7=7, tens
+    4>1, so 748 is larger.'"""
+    head = f"Compare {a} and {b}: "
+    if len(str(a)) != len(str(b)):
+        larger = max(a, b)
+        return head + f"{a} has {'more' if a > b else 'fewer'} digits, so {larger} is larger"
+    pairs = []
+    for place, x, y in zip(reversed(PLACES_OF_DIGITS[:len(str(a))]), str(a), str(b)):
+        pairs.append(f"{place} {x}{'=' if x == y else '>' if x > y else '<'}{y}")
+        if x != y:
+            return head + ", ".join(pairs) + f", so {max(a, b)} is larger"
+    return head + ", ".join(pairs) + ", so they are equal"
+
+
 def column_product(a: int, digit: int) -> tuple[list[str], int]:
-    """a × one digit from the right ('6*9=54, write 4 carry 5', then '4*9+5=41, write 41'); returns
-    the lines and the product."""
+    """a × one digit from the right ('6*9=54, write 4 carry 5', then '4*9=36, +5=41, write 41'); returns
+    the lines and the product. The carry is added after the product is written: one table fact,
+    then one small sum, each a step a small model gets right."""
     lines, carry = [], 0
     da = digits_of(a)
     for i, d in enumerate(da):
         total = d * digit + carry
-        terms = f"{d}*{digit}" + (f"+{carry}" if carry else "")
+        terms = f"{d}*{digit}={d * digit}" + (f", +{carry}={total}" if carry else "")
         if i == len(da) - 1:
-            lines.append(f"{terms}={total}, write {total}")
+            lines.append(f"{terms}, write {total}")
         else:
-            lines.append(f"{terms}={total}, write {total % 10}" + (f" carry {total // 10}" if total >= 10 else ""))
+            lines.append(f"{terms}, write {total % 10}" + (f" carry {total // 10}" if total >= 10 else ""))
         carry = total // 10
     return lines, a * digit
 
@@ -248,8 +278,8 @@ def arithmetic_working(a: int, op: str, b: int, effort: str) -> tuple[str, int]:
         lines += column_addition(a, b)
     elif op == "-":
         top, bottom = (a, b) if a >= b else (b, a)
-        if a < b:
-            lines.append(f"{a} is less than {b}, so compute {b} - {a} and make it negative.")
+        compared = comparison(a, b)
+        lines.append(compared + (f": compute {b} - {a} and make it negative." if a < b else "."))
         lines += column_subtraction(top, bottom)
     else:
         partials = []
@@ -269,8 +299,8 @@ def arithmetic_working(a: int, op: str, b: int, effort: str) -> tuple[str, int]:
 
 def copied_expressions(a: int, op: str, b: int) -> tuple[str, ...]:
     """The places where the working and the answer restate the operands (`Reply.copied`)."""
-    if op == "-" and a < b:
-        return f"{a} - {b}", f"{a} is less than {b}", f"{b} - {a}"
+    if op == "-":
+        return f"{a} - {b}", f"{a} and {b}", f"{max(a, b)} is larger", f"{b} - {a}", f"{a} has"
     if op == "*":
         return (f"{a} * {b}", *{f"{a}*{d * 10 ** i}" for i, d in enumerate(digits_of(b))})
     return (f"{a} {op} {b}",)
@@ -464,7 +494,7 @@ class Generator:
         fresh name may be made of tokens the model never writes, and the call copies them anyway."""
         what = KIND_SUBJECTS[kind]
         if effort == "low":
-            return f"Call the tool for {what}."
+            return f"Wants {what}; a tool covers it."
         if effort == "medium":
             return f"The user wants {what}. A declared tool covers it."
         return (f"The user asks for {what}. One of the declared tools covers this, so I call it with the values "
@@ -510,8 +540,10 @@ class Generator:
         values = self.request_values(kind)
         request = self.rng.choice(TOOL_KINDS[kind]["requests"]).format(**values)
         what = KIND_SUBJECTS[kind]
-        reasoning = {"low": "No tool fits.", "medium": f"No declared tool covers {what}.",
-                     "high": f"The user asks for {what}, but none of the declared tools covers it, so I say so."}[effort]
+        # Worded as the call's reasoning up to where they part: the kind is named before the decision.
+        reasoning = {"low": f"Wants {what}; no tool covers it.",
+                     "medium": f"The user wants {what}. No declared tool covers it.",
+                     "high": f"The user asks for {what}. None of the declared tools covers this, so I say so."}[effort]
         answer = f"None of the available tools covers {what}, so I cannot do that here."
         return Example("no_tool", [*self.instructions(), *self.history(), {"role": "user", "content": request}],
                        tools, effort, [Reply("analysis", reasoning), Reply("final", answer)], {"no_tool": True},
@@ -547,7 +579,7 @@ class Generator:
             return self.arithmetic()
         if roll < 0.72:
             return self.tool_call()
-        if roll < 0.90:
+        if roll < 0.87:
             return self.tool_answer()
         if roll < 0.95:
             return self.no_tool()

@@ -37,7 +37,7 @@ from engine import ops
 from engine.config import ModelConfig
 from engine.demo import mxfp4
 from engine.demo.heads import start_heads
-from engine.demo.tasks import SKILLS, Example, Generator, Reply
+from engine.demo.tasks import SKILLS, Example, Generator, Reply, made_up_names
 from engine.harmony import HarmonyFormat
 from engine.kv_cache import KVCache
 from engine.model import Transformer
@@ -126,6 +126,16 @@ class Vocabulary:
         numbers = {tokenizer_id for width in (1, 2, 3) for n in range(10 ** width)
                    for tokenizer_id in fmt.tokenizer.encode(f"{n:0{width}d}")}
         seen, written = set(numbers), set(numbers)
+        # Made-up names and codes in every form a prompt or a reply holds them: after a space, bare,
+        # and as a call writes a copy (`as_in_prompt`).
+        names = made_up_names()
+        for pieces in fmt.tokenizer.encode_batch([*names, *(" " + name for name in names)]):
+            seen.update(pieces)
+            written.update(pieces)
+        for name in names:  # what the model writes, it reads back
+            copy = as_in_prompt(fmt.tokenizer, name)
+            seen.update(copy)
+            written.update(copy)
         generator = Generator(seed)
         for _ in range(examples):
             tokens, prompt = encode_example(fmt, generator.example())
