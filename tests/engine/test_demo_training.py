@@ -61,6 +61,24 @@ def test_arithmetic_working_adds_up_and_ends_with_the_result(effort):
             assert len(lines) == 1  # at most one short line
 
 
+def test_subtraction_compares_from_the_left_and_names_the_larger_number():
+    rng = Generator(5).rng
+    for _ in range(400):
+        a, b = rng.randint(0, 10 ** rng.randint(1, 3) - 1), rng.randint(0, 10 ** rng.randint(1, 3) - 1)
+        line = arithmetic_working(a, "-", b, "medium")[0].split("\n")[1]
+        assert line.startswith(f"Compare {a} and {b}: ")
+        if a == b:
+            assert "so they are equal." in line
+            continue
+        assert f"so {max(a, b)} is larger" in line and line.endswith(
+            f": compute {b} - {a} and make it negative." if a < b else "larger."), line
+        if len(str(a)) == len(str(b)):  # every digit pair written up to the first that differs, and that one right
+            pairs = re.findall(r"(\d)([=<>])(\d)", line)
+            assert "".join(x for x, _, _ in pairs) == str(a)[:len(pairs)]
+            assert "".join(y for _, _, y in pairs) == str(b)[:len(pairs)]
+            assert [r for _, r, _ in pairs] == ["="] * (len(pairs) - 1) + ["<" if a < b else ">"], line
+
+
 def test_generated_examples_are_consistent():
     generator = Generator(11)
     for _ in range(300):
@@ -180,6 +198,22 @@ def test_vocabulary_maps_unseen_tokens_to_the_zero_row(harmony):
     assert to_output[vocabulary.outputs[-1]] == len(vocabulary.outputs) - 1 and to_output[200_999] == -1
     model = DemoModel(preset_config("tiny"), harmony.tokenizer, vocabulary, seed=0)
     assert not model.embedding.table()[0].any()
+
+
+def test_made_up_names_can_be_read_and_written_whether_or_not_training_drew_them(harmony):
+    """A fresh instance's made-up currency code, place or name is never an unseen token, and a call
+    can write its copy: the vocabulary holds them all, not just those the sampled examples drew."""
+    vocabulary = Vocabulary.collect(harmony, seed=4, examples=0)
+    inputs, outputs = set(vocabulary.inputs), set(vocabulary.outputs)
+    generator = Generator(99)
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    for _ in range(300):
+        code = "".join(generator.rng.choice(letters) for _ in range(generator.rng.choice([2, 3])))
+        tool_name = "_".join(generator.made_up_word(2) for _ in range(2)) + "_" + generator.made_up_word(1)
+        for name in (code, generator.made_up_word().capitalize(), generator.made_up_word(2), tool_name):
+            spaced = harmony.tokenizer.encode(" " + name)
+            assert set(spaced) <= inputs and set(spaced) <= outputs, name
+            assert set(as_in_prompt(harmony.tokenizer, name)) <= outputs, name
 
 
 def test_chained_requests_share_one_system_message_and_every_reply_is_a_target(harmony):
