@@ -38,12 +38,21 @@ def _train_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_spec(model: str) -> str | Path:
+    """--model as the engine takes it: "demo" is the demo checkpoint, expanded on first use."""
+    if model != "demo":
+        return model
+    from gptoss_mcp.demo import demo_model_dir
+
+    return demo_model_dir()
+
+
 def _bench(args: argparse.Namespace) -> int:
     from engine import CheckpointError, ConfigError
     from engine.benchmark import run_benchmark
 
     try:
-        result = run_benchmark(args.model, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
+        result = run_benchmark(_model_spec(args.model), prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
                                repeats=args.repeats, threads=args.threads, dtype=args.dtype, device=args.device,
                                weights=args.weights,
                                concurrency=args.concurrency, prefix_tokens=args.prefix_tokens,
@@ -65,7 +74,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     log = logging.getLogger("gptoss_mcp")
     try:
-        engine = Engine.load(args.model, device=args.device, dtype=args.dtype, weights=args.weights)
+        engine = Engine.load(_model_spec(args.model), device=args.device, dtype=args.dtype, weights=args.weights)
         params = GenerationParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                                   seed=args.seed, reasoning_effort=args.reasoning_effort,
                                   instructions=args.instructions)
@@ -270,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("train-demo", help="train the demo model from scratch, write its compact weights, "
                                                   "print its skills' evaluation")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--minutes", type=float, default=70.0, help="training time (default 70)")
+    demo.add_argument("--minutes", type=float, default=95.0, help="training time (default 95, as the shipped weights)")
     demo.add_argument("--steps", type=_positive_int, default=None,
                       help="train this many steps instead of --minutes (the same run on any machine)")
     demo.add_argument("--state", default=None, metavar="FILE",
@@ -284,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_train_demo)
 
     bench = commands.add_parser("bench", help="measure load time, memory, prompt and decode speed")
-    bench.add_argument("--model", required=True, help=_MODEL_HELP)
+    bench.add_argument("--model", required=True, help=_MODEL_HELP + ", or demo")
     bench.add_argument("--prompt-tokens", type=_positive_int, nargs="+", default=[128, 512],
                        help="prompt lengths to measure (default: 128 512)")
     bench.add_argument("--gen-tokens", type=_positive_int, default=32, help="tokens per decode round")
@@ -306,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(run=_bench)
 
     gen = commands.add_parser("generate", help="answer one prompt with the model (harmony format)")
-    gen.add_argument("--model", required=True, help=_MODEL_HELP)
+    gen.add_argument("--model", required=True, help=_MODEL_HELP + ", or demo")
     gen.add_argument("--reasoning-effort", default="medium", choices=["low", "medium", "high"])
     gen.add_argument("--max-tokens", type=_positive_int, default=1024)
     gen.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")

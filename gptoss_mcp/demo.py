@@ -1,26 +1,33 @@
-"""The built-in demo model: a tiny random checkpoint in the real format, built once and cached."""
+"""The built-in demo model: the trained weights the package carries in compact form
+(`engine/demo/gptoss-demo.safetensors`), expanded once into a real gpt-oss checkpoint under the cache
+directory. The cache key is a hash of the compact file, so a new demo version gets a new directory."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
 from engine.cache_dir import build_directory_once, cache_dir
-from engine.synthetic import write_model
+from engine.demo.packaged import PACKAGED, README
 
 logger = logging.getLogger(__name__)
 
-DEMO_PRESET, DEMO_SEED = "tiny", 0
-_DEMO_NAME = f"demo-{DEMO_PRESET}-seed{DEMO_SEED}-v1"
+
+def demo_version() -> str:
+    """The first 12 hex digits of the compact file's SHA-256."""
+    return hashlib.sha256(PACKAGED.read_bytes()).hexdigest()[:12]
 
 
 def demo_model_dir() -> Path:
-    """Builds the demo checkpoint on first use (a few seconds) and returns its directory."""
-    target = cache_dir() / _DEMO_NAME
+    """Expands the demo checkpoint on first use (a few seconds) and returns its directory."""
+    target = cache_dir() / f"demo-{demo_version()}"
 
     def build(staging: Path) -> None:
-        logger.info("building the demo model (random weights, real gpt-oss format) in %s", target)
-        write_model(staging, preset=DEMO_PRESET, seed=DEMO_SEED, original=False)
+        from engine.demo.package import expand  # torch: only when the demo is built
+
+        logger.info("building the demo model (expanding %s into a gpt-oss checkpoint) in %s", PACKAGED.name, target)
+        expand(PACKAGED, staging, README)
 
     build_directory_once(target, build, "demo")
     return target

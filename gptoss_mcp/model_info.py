@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from engine.demo.skills import SKILLS as DEMO_SKILLS
 from gptoss_mcp.runtime import EngineRunner
 from gptoss_mcp.settings import ServerSettings
 
@@ -38,8 +39,9 @@ def model_info(settings: ServerSettings, runner: EngineRunner) -> dict[str, Any]
             if settings.weights == "int8" else "bfloat16 elsewhere"),
     }
     if settings.is_demo:
-        info["note"] = ("demo model: random weights in the real gpt-oss format; its text is gibberish by "
-                        "construction. Serve a real checkpoint with --model PATH.")
+        info["note"] = ("demo model: a small gpt-oss checkpoint (real format) trained by gptoss-mcp for the skills "
+                        "below and nothing else. Serve a real checkpoint with --model PATH or --model ORG/NAME.")
+        info["skills"] = DEMO_SKILLS
     if engine is not None:
         source = engine.source
         info["source"] = {"kind": "demo" if settings.is_demo else source.kind, "id": source.id,

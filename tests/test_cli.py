@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -12,9 +13,9 @@ from engine import Engine
 from engine.presets import preset_config
 
 
-def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(*args: str, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "gptoss_mcp", *args], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def test_make_model_writes_a_loadable_checkpoint_in_both_layouts(tmp_path):
@@ -77,6 +78,17 @@ def test_bench_reports_json(tiny_dir):
     assert structured["max_tokens"] == 3 and 0 < structured["json_reply_tokens"] <= 3
     assert structured["free_tokens_per_second"] > 0 and structured["json_tokens_per_second"] > 0
     assert structured["mask_ms_per_token"] > 0 and structured["grammar_tokenizer_seconds"] > 0
+
+
+def test_generate_and_bench_take_the_demo_model(tmp_path):
+    cache = {"GPTOSS_CACHE_DIR": str(tmp_path)}  # the demo is expanded there on first use
+    result = run_cli("generate", "--model", "demo", "--temperature", "0", "What is 23 + 58?", env=cache)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("23 + 58 = 81."), result.stdout
+    result = run_cli("bench", "--model", "demo", "--prompt-tokens", "9", "--gen-tokens", "3", "--repeats", "1",
+                     "--json", env=cache)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["decode_tokens_per_second"] > 0
 
 
 def test_bench_rejects_a_non_positive_repeat_count(tiny_dir):

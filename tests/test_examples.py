@@ -125,3 +125,14 @@ def test_compare_llama_batched_example_interleaves_rounds_and_divides_best_by_be
     assert ours["3"] == max(r["gptoss_mcp"]["3"] for r in report["rounds"]) > 0
     assert report["ratio"] == {"1": round(ours["1"] / 3.0, 3), "3": round(ours["3"] / 9.0, 3)}
     assert report["scaling_over_one"]["llama_cpp"] == {"1": 1.0, "3": 3.0}
+
+
+def test_demo_tool_round_trip_example(tmp_path):
+    env = {**os.environ, "GPTOSS_CACHE_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, str(EXAMPLES / "demo_tool_round_trip.py"), "Lima"], capture_output=True,
+                            text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'tool call: get_weather {"location": "Lima"}' in result.stdout
+    assert "tool result: 19 °C, cloudy" in result.stdout
+    answer = next(line for line in result.stdout.splitlines() if line.startswith("answer:"))
+    assert "19 °C, cloudy" in answer, result.stdout

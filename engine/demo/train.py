@@ -300,7 +300,7 @@ def initial_weight(name: str, shape: torch.Size, config: ModelConfig, g: torch.G
 @dataclass
 class TrainSettings:
     seed: int = 0
-    minutes: float = 70.0
+    minutes: float = 95.0
     steps: int | None = None  # when set, the schedule runs over this many steps instead of `minutes`
     batch_tokens: int = 4096
     learning_rate: float = 3e-3

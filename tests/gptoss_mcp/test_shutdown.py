@@ -17,6 +17,7 @@ import httpx2
 import pytest
 from mcp import Client
 
+from gptoss_mcp.demo import demo_version
 from tests.gptoss_mcp.server_process import http_server, serve_args, server_env, stdio_params
 
 EXIT_SECONDS = 1.0
@@ -96,7 +97,7 @@ def test_eof_while_the_demo_model_is_built(tmp_path):
     assert server.stop("eof") <= EXIT_SECONDS
     assert list(cache.glob(".demo-*"))  # the build was abandoned half-way
     _generate_works("demo", cache)  # the next start builds it again, and clears what was left
-    assert not list(cache.glob(".demo-*")) and (cache / "demo-tiny-seed0-v1" / "config.json").is_file()
+    assert not list(cache.glob(".demo-*")) and (cache / f"demo-{demo_version()}" / "config.json").is_file()
 
 
 @pytest.mark.parametrize("how", ["eof", "sigterm"])

@@ -35,7 +35,9 @@ def test_first_reply_arrives_while_the_demo_model_is_still_being_built(tmp_path)
                                                "about a minute)", "mapping the weights", "loading the tokenizer"))
                                    for m in loading), loading  # the messages say what loading does
             model = json.loads((await client.read_resource("gptoss://model")).contents[0].text)
-            assert model["demo"] is True and "gibberish" in model["note"] and model["source"]["kind"] == "demo"
+            assert model["demo"] is True and model["source"]["kind"] == "demo" and "trained" in model["note"]
+            assert [skill["name"] for skill in model["skills"]] == ["arithmetic", "function calls", "about itself"]
+            assert all(skill["description"] and skill["examples"] for skill in model["skills"])
 
     anyio.run(main)
 
@@ -142,6 +144,7 @@ def test_the_server_modules_import_neither_torch_nor_the_engine_nor_a_tokenizer(
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('torch', 'tokenizers', 'openai_harmony', 'safetensors', 'numpy', 'engine')))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    # torch-free: the model spec is resolved without torch (engine.model_source), and the parser lists presets
-    assert json.loads(loaded.replace("'", '"')) == ["engine", "engine.config", "engine.model_source", "engine.presets",
-                                                    "engine.shard_headers"]
+    # torch-free: the model spec is resolved without torch (engine.model_source), the parser lists presets,
+    # gptoss://model lists the demo's skills (engine.demo.skills)
+    assert json.loads(loaded.replace("'", '"')) == ["engine", "engine.config", "engine.demo", "engine.demo.skills",
+                                                    "engine.model_source", "engine.presets", "engine.shard_headers"]
