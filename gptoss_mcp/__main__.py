@@ -38,21 +38,13 @@ def _train_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_spec(model: str) -> str | Path:
-    """--model as the engine takes it: "demo" is the demo checkpoint, expanded on first use."""
-    if model != "demo":
-        return model
-    from gptoss_mcp.demo import demo_model_dir
-
-    return demo_model_dir()
-
-
 def _bench(args: argparse.Namespace) -> int:
     from engine import CheckpointError, ConfigError
     from engine.benchmark import run_benchmark
+    from gptoss_mcp.demo import model_to_load
 
     try:
-        result = run_benchmark(_model_spec(args.model), prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
+        result = run_benchmark(model_to_load(args.model), prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
                                repeats=args.repeats, threads=args.threads, dtype=args.dtype, device=args.device,
                                weights=args.weights,
                                concurrency=args.concurrency, prefix_tokens=args.prefix_tokens,
@@ -71,10 +63,11 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     from engine import CheckpointError, ConfigError, ContextLimitError, Engine, GenerationParams, TokenizerError
+    from gptoss_mcp.demo import model_to_load
 
     log = logging.getLogger("gptoss_mcp")
     try:
-        engine = Engine.load(_model_spec(args.model), device=args.device, dtype=args.dtype, weights=args.weights)
+        engine = Engine.load(model_to_load(args.model), device=args.device, dtype=args.dtype, weights=args.weights)
         params = GenerationParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                                   seed=args.seed, reasoning_effort=args.reasoning_effort,
                                   instructions=args.instructions)

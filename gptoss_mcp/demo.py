@@ -31,3 +31,9 @@ def demo_model_dir() -> Path:
 
     build_directory_once(target, build, "demo")
     return target
+
+
+def model_to_load(model: str) -> str | Path:
+    """--model as Engine.load takes it: "demo" becomes the demo checkpoint's directory (expanded on
+    first use); a directory, Hugging Face id or GGUF file is passed on as given."""
+    return demo_model_dir() if model == "demo" else model

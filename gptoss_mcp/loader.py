@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 
 from engine import Engine
-from gptoss_mcp.demo import demo_model_dir
+from gptoss_mcp.demo import model_to_load
 from gptoss_mcp.settings import ServerSettings
 
 
@@ -22,8 +22,7 @@ def load_engine(settings: ServerSettings, report: Callable[[float, str], None]) 
     if settings.is_demo:
         report(0.1, "preparing the demo model (built on the first start: a few seconds)")
     # A directory or a Hugging Face id: Engine.load resolves it, and engine.source says which it was.
-    model = demo_model_dir() if settings.is_demo else settings.model
-    engine = Engine.load(model, device=settings.device, dtype="bfloat16" if settings.dtype == "auto" else settings.dtype,
+    engine = Engine.load(model_to_load(settings.model), device=settings.device, dtype="bfloat16" if settings.dtype == "auto" else settings.dtype,
                          max_context=settings.max_context, kv_cache_mb=settings.kv_cache_mb,
                          prefix_cache_mb=settings.prefix_cache_mb, weights=settings.weights,
                          on_step=lambda step: report(*_ENGINE_STEPS[step]))

@@ -78,6 +78,7 @@ PLACES = [*sorted(set(CITIES) - {"Cape", "Town", "Kuala", "Lumpur", "Hong", "Kon
           "Buenos Aires", "La Paz"]
 SYLLABLES = ("ka ro mi sa ten vel bra dor lin ma ri to ber an el os ul gar fen nor qua zi pe lo ham sto vik "
              "mar kel dun por tas ven ira usk alm").split()
+CODE_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # made-up currency codes are drawn from these
 CURRENCIES = ("USD EUR GBP JPY CHF CAD AUD NZD CNY HKD SGD SEK NOK DKK PLN CZK HUF RON BGN TRY INR PKR "
               "BRL ARS CLP COP PEN MXN ZAR EGP NGN KES MAD AED SAR QAR ILS KRW THB VND IDR MYR PHP").split()
 WORDS = ("river mountain tallest tree oldest bridge largest lake history of tea recipe bread fastest animal "
@@ -176,12 +177,11 @@ INSTRUCTIONS = ["You are a helpful assistant.", "Answer briefly.", "Be concise a
 
 def made_up_names() -> list[str]:
     """Every made-up piece a fresh instance can put in a prompt or a reply: currency codes (any two or
-    three capital letters), words of two or three syllables (places capitalized, parameter and tool
-    names lowercase, and a tool name's "_"-joined parts). Their tokens are in the model's vocabulary
+    three capital letters), words of one to three syllables (places capitalized, parameter and tool
+    names lowercase, and the short ones "_"-joined as a tool name's later parts). Their tokens are in the model's vocabulary
     whether or not the examples it learns from happen to draw them: a token without a row reads as
     unseen and can never be written, so a call that copies it would be wrong every time."""
-    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-    codes = ["".join(p) for n in (2, 3) for p in itertools.product(letters, repeat=n)]
+    codes = ["".join(p) for n in (2, 3) for p in itertools.product(CODE_LETTERS, repeat=n)]
     words = ["".join(p) for n in (1, 2, 3) for p in itertools.product(SYLLABLES, repeat=n)]
     return [*codes, *words, *(w.capitalize() for w in words), *("_" + w for w in words if len(w) <= 6)]
 
@@ -233,8 +233,7 @@ def comparison(a: int, b: int) -> str:
     4>1, so 748 is larger.'"""
     head = f"Compare {a} and {b}: "
     if len(str(a)) != len(str(b)):
-        larger = max(a, b)
-        return head + f"{a} has {'more' if a > b else 'fewer'} digits, so {larger} is larger"
+        return head + f"{a} has {'more' if a > b else 'fewer'} digits, so {max(a, b)} is larger"
     pairs = []
     for place, x, y in zip(reversed(PLACES_OF_DIGITS[:len(str(a))]), str(a), str(b)):
         pairs.append(f"{place} {x}{'=' if x == y else '>' if x > y else '<'}{y}")
@@ -332,7 +331,7 @@ class Generator:
     def currency(self) -> str:
         if self.rng.random() < 0.8:
             return self.rng.choice(CURRENCIES)
-        return "".join(self.rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(3))
+        return "".join(self.rng.choice(CODE_LETTERS) for _ in range(3))
 
     def amount(self) -> int | float:
         if self.rng.random() < 0.8:

@@ -14,7 +14,7 @@ import torch
 from engine import ops
 from engine.demo import mxfp4
 from engine.demo.heads import COPY_SCALE, OFFSETS, start_heads
-from engine.demo.tasks import EFFORTS, SKILLS, Generator, arithmetic_working
+from engine.demo.tasks import CODE_LETTERS, EFFORTS, SKILLS, Generator, arithmetic_working
 from engine.demo.train import (BatchStream, DemoModel, TrainSettings, Vocabulary, encode_example, initial_weight,
                                as_in_prompt, train)
 from engine.model import RotaryEmbedding, Transformer
@@ -206,9 +206,8 @@ def test_made_up_names_can_be_read_and_written_whether_or_not_training_drew_them
     vocabulary = Vocabulary.collect(harmony, seed=4, examples=0)
     inputs, outputs = set(vocabulary.inputs), set(vocabulary.outputs)
     generator = Generator(99)
-    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
     for _ in range(300):
-        code = "".join(generator.rng.choice(letters) for _ in range(generator.rng.choice([2, 3])))
+        code = "".join(generator.rng.choice(CODE_LETTERS) for _ in range(generator.rng.choice([2, 3])))
         tool_name = "_".join(generator.made_up_word(2) for _ in range(2)) + "_" + generator.made_up_word(1)
         for name in (code, generator.made_up_word().capitalize(), generator.made_up_word(2), tool_name):
             spaced = harmony.tokenizer.encode(" " + name)
