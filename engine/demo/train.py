@@ -382,14 +382,19 @@ class BatchStream:
 def train(config: ModelConfig, tokenizer: Tokenizer, settings: TrainSettings, report=print) -> DemoModel:
     """Trains for settings.minutes of wall time, or settings.steps steps, going on from
     settings.state_file when it exists; returns the model (experts quantization-aware at the end).
-    The reference ops are active while it trains (they are differentiable); the backend that was
-    active before is restored."""
-    previous = ops.active_backend()
+    The reference ops are active while it trains (they are differentiable), and torch's deterministic
+    algorithms: with two threads the backward of an indexed gather (the embedding's `parts_table[parts]`)
+    otherwise accumulates in a varying order, so that two identical runs, or a resumed one, drift apart
+    by float32 roundings that Adam amplifies on near-zero gradients (measured: the deterministic one is
+    bit-exact and as fast). Both settings are restored."""
+    previous, was_deterministic = ops.active_backend(), torch.are_deterministic_algorithms_enabled()
     ops.use_backend("reference")
+    torch.use_deterministic_algorithms(True)
     try:
         return _train(config, tokenizer, settings, report)
     finally:
         ops.use_backend(previous)
+        torch.use_deterministic_algorithms(was_deterministic)
 
 
 def _train(config: ModelConfig, tokenizer: Tokenizer, settings: TrainSettings, report) -> DemoModel:
