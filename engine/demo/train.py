@@ -386,20 +386,22 @@ def train(config: ModelConfig, tokenizer: Tokenizer, settings: TrainSettings, re
     algorithms: with two threads the backward of an indexed gather (the embedding's `parts_table[parts]`)
     otherwise accumulates in a varying order, so that two identical runs, or a resumed one, drift apart
     by float32 roundings that Adam amplifies on near-zero gradients (measured: the deterministic one is
-    bit-exact and as fast). Both settings are restored."""
+    bit-exact and as fast). Both settings, and torch's thread count, are restored."""
     previous, was_deterministic = ops.active_backend(), torch.are_deterministic_algorithms_enabled()
+    threads = torch.get_num_threads()
     ops.use_backend("reference")
     torch.use_deterministic_algorithms(True)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
     try:
         return _train(config, tokenizer, settings, report)
     finally:
         ops.use_backend(previous)
         torch.use_deterministic_algorithms(was_deterministic)
+        torch.set_num_threads(threads)
 
 
 def _train(config: ModelConfig, tokenizer: Tokenizer, settings: TrainSettings, report) -> DemoModel:
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
     torch.set_flush_denormal(True)  # tiny gradients must not fall onto the slow denormal path
     torch.manual_seed(settings.seed)
     fmt = HarmonyFormat(tokenizer)
