@@ -272,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("train-demo", help="train the demo model from scratch, write its compact weights, "
                                                   "print its skills' evaluation")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--minutes", type=float, default=95.0, help="training time (default 95, as the shipped weights)")
+    demo.add_argument("--minutes", type=float, default=95.0,
+                      help="training time (default 95; the shipped weights: 95, then resumed with 150, as README says)")
     demo.add_argument("--steps", type=_positive_int, default=None,
                       help="train this many steps instead of --minutes (the same run on any machine)")
     demo.add_argument("--state", default=None, metavar="FILE",

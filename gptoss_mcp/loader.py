@@ -22,7 +22,8 @@ def load_engine(settings: ServerSettings, report: Callable[[float, str], None]) 
     if settings.is_demo:
         report(0.1, "preparing the demo model (built on the first start: a few seconds)")
     # A directory or a Hugging Face id: Engine.load resolves it, and engine.source says which it was.
-    engine = Engine.load(model_to_load(settings.model), device=settings.device, dtype="bfloat16" if settings.dtype == "auto" else settings.dtype,
+    engine = Engine.load(model_to_load(settings.model), device=settings.device,
+                         dtype="bfloat16" if settings.dtype == "auto" else settings.dtype,
                          max_context=settings.max_context, kv_cache_mb=settings.kv_cache_mb,
                          prefix_cache_mb=settings.prefix_cache_mb, weights=settings.weights,
                          on_step=lambda step: report(*_ENGINE_STEPS[step]))

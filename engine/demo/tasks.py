@@ -178,9 +178,10 @@ INSTRUCTIONS = ["You are a helpful assistant.", "Answer briefly.", "Be concise a
 def made_up_names() -> list[str]:
     """Every made-up piece a fresh instance can put in a prompt or a reply: currency codes (any two or
     three capital letters), words of one to three syllables (places capitalized, parameter and tool
-    names lowercase, and the short ones "_"-joined as a tool name's later parts). Their tokens are in the model's vocabulary
-    whether or not the examples it learns from happen to draw them: a token without a row reads as
-    unseen and can never be written, so a call that copies it would be wrong every time."""
+    names lowercase, and the short ones "_"-joined as a tool name's later parts). Their tokens are in
+    the model's vocabulary whether or not the examples it learns from happen to draw them: a token
+    without a row reads as unseen and can never be written, so a call that copies it would be wrong
+    every time."""
     codes = ["".join(p) for n in (2, 3) for p in itertools.product(CODE_LETTERS, repeat=n)]
     words = ["".join(p) for n in (1, 2, 3) for p in itertools.product(SYLLABLES, repeat=n)]
     return [*codes, *words, *(w.capitalize() for w in words), *("_" + w for w in words if len(w) <= 6)]
