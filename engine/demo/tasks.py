@@ -212,23 +212,35 @@ def column_addition(a: int, b: int) -> list[str]:
     return lines
 
 
-def column_subtraction(a: int, b: int) -> tuple[list[str], int]:
-    """a - b column by column from the right, a line per column of the wider number: the column's
-    signed difference first, then the digit written and the borrow it takes ('units: 3-8=-5, write 5
-    borrow 1', then 'tens: 7-2-1=4, write 4'). The borrow follows from the sign just written, never
-    from comparing digits ahead of writing them, as a carry follows from a sum. Returns the lines and
-    the borrow left over past the top column (1 exactly when a < b)."""
+def column_subtraction(a: int, b: int) -> list[str]:
+    """a - b (a >= b) column by column from the right, borrowing ten where the top digit is too small:
+    'units: 14-8=6, write 6 borrow 1', then 'tens: 7-2-1=4, write 4'."""
     da, db = digits_of(a), digits_of(b)
-    width = max(len(da), len(db))
-    da, db = da + [0] * (width - len(da)), db + [0] * (width - len(db))
+    db += [0] * (len(da) - len(db))
     lines, borrow = [], 0
-    for i in range(width):
-        difference = da[i] - db[i] - borrow
-        new_borrow = 1 if difference < 0 else 0
-        lines.append(f"{PLACES_OF_DIGITS[i]}: {da[i]}-{db[i]}" + (f"-{borrow}" if borrow else "") +
-                     f"={difference}, write {difference % 10}" + (" borrow 1" if new_borrow else ""))
+    for i in range(len(da)):
+        new_borrow = 1 if da[i] - borrow - db[i] < 0 else 0
+        top = da[i] + 10 * new_borrow
+        result = top - borrow - db[i]
+        lines.append(f"{PLACES_OF_DIGITS[i]}: {top}-{db[i]}" + (f"-{borrow}" if borrow else "") +
+                     f"={result}, write {result}" + (" borrow 1" if new_borrow else ""))
         borrow = new_borrow
-    return lines, borrow
+    return lines
+
+
+def comparison(a: int, b: int) -> str:
+    """Which of a and b is larger, read digit by digit from the left, so that the choice of what to
+    subtract from what is made one digit pair at a time: 'Compare 748 and 719: hundreds 7=7, tens
+    4>1, so 748 is larger.'"""
+    head = f"Compare {a} and {b}: "
+    if len(str(a)) != len(str(b)):
+        return head + f"{a} has {'more' if a > b else 'fewer'} digits, so {max(a, b)} is larger"
+    pairs = []
+    for place, x, y in zip(reversed(PLACES_OF_DIGITS[:len(str(a))]), str(a), str(b)):
+        pairs.append(f"{place} {x}{'=' if x == y else '>' if x > y else '<'}{y}")
+        if x != y:
+            return head + ", ".join(pairs) + f", so {max(a, b)} is larger"
+    return head + ", ".join(pairs) + ", so they are equal"
 
 
 def column_product(a: int, digit: int) -> tuple[list[str], int]:
@@ -265,11 +277,10 @@ def arithmetic_working(a: int, op: str, b: int, effort: str) -> tuple[str, int]:
     if op == "+":
         lines += column_addition(a, b)
     elif op == "-":
-        columns, borrow_left = column_subtraction(a, b)
-        lines += columns
-        if borrow_left:  # a < b: the digits written are not the difference, b - a is
-            lines.append(f"A borrow is left over, so {a} < {b}: compute {b} - {a} and make it negative.")
-            lines += column_subtraction(b, a)[0]
+        top, bottom = (a, b) if a >= b else (b, a)
+        compared = comparison(a, b)
+        lines.append(compared + (f": compute {b} - {a} and make it negative." if a < b else "."))
+        lines += column_subtraction(top, bottom)
     else:
         partials = []
         for i, digit in enumerate(digits_of(b)):
@@ -289,7 +300,7 @@ def arithmetic_working(a: int, op: str, b: int, effort: str) -> tuple[str, int]:
 def copied_expressions(a: int, op: str, b: int) -> tuple[str, ...]:
     """The places where the working and the answer restate the operands (`Reply.copied`)."""
     if op == "-":
-        return f"{a} - {b}", f"{a} < {b}", f"{b} - {a}"
+        return f"{a} - {b}", f"{a} and {b}", f"{max(a, b)} is larger", f"{b} - {a}", f"{a} has"
     if op == "*":
         return (f"{a} * {b}", *{f"{a}*{d * 10 ** i}" for i, d in enumerate(digits_of(b))})
     return (f"{a} {op} {b}",)
@@ -313,15 +324,13 @@ class Generator:
     def made_up_word(self, parts: int | None = None) -> str:
         return "".join(self.rng.choice(SYLLABLES) for _ in range(parts or self.rng.randint(2, 3)))
 
-    # Half the places and a third of the currency codes are made up: a call copies their tokens, and
-    # copying a name it has never seen is what a fresh request asks of the model.
     def place(self) -> str:
-        if self.rng.random() < 0.5:
+        if self.rng.random() < 0.7:
             return self.rng.choice(PLACES)
         return self.made_up_word().capitalize()
 
     def currency(self) -> str:
-        if self.rng.random() < 0.65:
+        if self.rng.random() < 0.8:
             return self.rng.choice(CURRENCIES)
         return "".join(self.rng.choice(CODE_LETTERS) for _ in range(3))
 
@@ -430,9 +439,7 @@ class Generator:
         return []
 
     def operands(self) -> tuple[int, str, int]:
-        # Subtraction most often: its working is the longest to get right (sums and products were at
-        # 100% when it was at 85-100%).
-        op = self.rng.choices("+-*", weights=(1, 2, 1))[0]
+        op = self.rng.choice("+-*")
         top = 99 if op == "*" else 999
         # Small numbers as often as large ones: every digit count is learnt.
         def number() -> int:
@@ -513,10 +520,7 @@ class Generator:
 
     def tool_result(self, kind: str, values: dict) -> str:
         if kind == "weather":
-            # Made-up conditions too: the answer copies the result, it must not recall a likely one.
-            conditions = (self.made_up_word(2) if self.rng.random() < 0.3 else self.rng.choice(
-                ["sunny", "cloudy", "light rain", "snow", "light snow", "heavy rain", "windy", "fog", "clear sky",
-                 "overcast", "thunderstorms", "hail", "drizzle"]))
+            conditions = self.rng.choice(["sunny", "cloudy", "light rain", "snow", "windy", "fog", "clear sky"])
             temperature = self.rng.randint(-20, 40)
             return (f"{temperature} °C, {conditions}" if self.rng.random() < 0.5 else
                     json_text({"temperature_c": temperature, "conditions": conditions}))

@@ -32,7 +32,7 @@ def harmony(tiny_dir):
 
 def _check_step(line: str) -> None:
     """A column line 'x+y(+c)=t, write ...' / 'x-y(-b)=t' / 'x*y(+c)=t' adds up."""
-    match = re.match(r"(?:\w+: )?(\d+)([-+*])(\d+)(?:([-+])(\d+))?=(-?\d+)", line)
+    match = re.match(r"(?:\w+: )?(\d+)([-+*])(\d+)(?:([-+])(\d+))?=(\d+)", line)
     if not match:
         return False
     a, op, b, op2, c, total = match.groups()
@@ -61,27 +61,22 @@ def test_arithmetic_working_adds_up_and_ends_with_the_result(effort):
             assert len(lines) == 1  # at most one short line
 
 
-def test_subtraction_borrows_from_the_sign_it_wrote_and_redoes_a_negative_difference_the_other_way():
+def test_subtraction_compares_from_the_left_and_names_the_larger_number():
     rng = Generator(5).rng
     for _ in range(400):
         a, b = rng.randint(0, 10 ** rng.randint(1, 3) - 1), rng.randint(0, 10 ** rng.randint(1, 3) - 1)
-        lines = arithmetic_working(a, "-", b, "medium")[0].split("\n")[1:-1]
-        width = max(len(str(a)), len(str(b)))
-        passes = [(a, b, lines[:width])]
-        if a < b:
-            assert lines[width] == f"A borrow is left over, so {a} < {b}: compute {b} - {a} and make it negative."
-            passes.append((b, a, lines[width + 1:]))
-        assert len(lines) == width * len(passes) + len(passes) - 1, lines
-        for top, bottom, columns in passes:
-            borrow = 0
-            for place, line in enumerate(columns):  # 'tens: 0-8-1=-9, write 1 borrow 1'
-                x, y = top // 10 ** place % 10, bottom // 10 ** place % 10
-                difference = x - y - borrow
-                assert line.split(": ")[1] == (f"{x}-{y}" + (f"-{borrow}" if borrow else "") +
-                                               f"={difference}, write {difference % 10}" +
-                                               (" borrow 1" if difference < 0 else "")), line
-                borrow = int(difference < 0)
-            assert borrow == (top < bottom)
+        line = arithmetic_working(a, "-", b, "medium")[0].split("\n")[1]
+        assert line.startswith(f"Compare {a} and {b}: ")
+        if a == b:
+            assert "so they are equal." in line
+            continue
+        assert f"so {max(a, b)} is larger" in line and line.endswith(
+            f": compute {b} - {a} and make it negative." if a < b else "larger."), line
+        if len(str(a)) == len(str(b)):  # every digit pair written up to the first that differs, and that one right
+            pairs = re.findall(r"(\d)([=<>])(\d)", line)
+            assert "".join(x for x, _, _ in pairs) == str(a)[:len(pairs)]
+            assert "".join(y for _, _, y in pairs) == str(b)[:len(pairs)]
+            assert [r for _, r, _ in pairs] == ["="] * (len(pairs) - 1) + ["<" if a < b else ">"], line
 
 
 def test_generated_examples_are_consistent():
