@@ -13,6 +13,7 @@ from engine.demo.packaged import PACKAGED, README
 from engine.demo.train import TrainSettings, train
 from engine.presets import preset_config
 
+
 def build(settings: TrainSettings, out: Path = PACKAGED, eval_per_cell: int = 20, report=print) -> None:
     from engine.engine import Engine
     from engine.tokenizer import Tokenizer

@@ -386,11 +386,14 @@ def train(config: ModelConfig, tokenizer: Tokenizer, settings: TrainSettings, re
     algorithms: with two threads the backward of an indexed gather (the embedding's `parts_table[parts]`)
     otherwise accumulates in a varying order, so that two identical runs, or a resumed one, drift apart
     by float32 roundings that Adam amplifies on near-zero gradients (measured: the deterministic one is
-    bit-exact and as fast). Both settings, and torch's thread count, are restored."""
+    bit-exact and as fast). Denormals flush to zero while it trains: tiny gradients must not fall onto the
+    slow denormal path. These settings and torch's thread count are restored (flushing to off, torch's
+    default: torch cannot report whether it was on)."""
     previous, was_deterministic = ops.active_backend(), torch.are_deterministic_algorithms_enabled()
     threads = torch.get_num_threads()
     ops.use_backend("reference")
     torch.use_deterministic_algorithms(True)
+    torch.set_flush_denormal(True)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     try:
@@ -398,11 +401,11 @@ def train(config: ModelConfig, tokenizer: Tokenizer, settings: TrainSettings, re
     finally:
         ops.use_backend(previous)
         torch.use_deterministic_algorithms(was_deterministic)
+        torch.set_flush_denormal(False)
         torch.set_num_threads(threads)
 
 
 def _train(config: ModelConfig, tokenizer: Tokenizer, settings: TrainSettings, report) -> DemoModel:
-    torch.set_flush_denormal(True)  # tiny gradients must not fall onto the slow denormal path
     torch.manual_seed(settings.seed)
     fmt = HarmonyFormat(tokenizer)
     started = time.perf_counter()

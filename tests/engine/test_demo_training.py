@@ -276,13 +276,15 @@ def test_offset_heads_look_their_offset_back_and_copy_heads_copy():
             assert eigenvalues[:-hd].abs().max() < 1e-5
 
 
-def test_training_leaves_the_backend_determinism_and_thread_count_as_it_found_them(harmony):
+def test_training_leaves_the_backend_determinism_thread_count_and_denormals_as_it_found_them(harmony):
     before = (ops.active_backend(), torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())
     train(preset_config("tiny"), harmony.tokenizer, TrainSettings(seed=3, steps=1, batch_tokens=512,
                                                                   vocabulary_examples=20,
                                                                   threads=2 if before[2] == 1 else 1),
           report=lambda line: None)
     assert (ops.active_backend(), torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()) == before
+    smallest_normal = torch.tensor(torch.finfo(torch.float32).tiny)
+    assert (smallest_normal / 4).item() > 0, "denormals still flush to zero after training"
 
 
 def test_a_stopped_run_resumed_from_its_state_file_ends_where_an_unstopped_one_does(tmp_path, harmony):
